@@ -1,0 +1,45 @@
+# tforge developer commands. Each target creates and reuses .venv.
+#   make install   venv + torch (CPU wheel by default) + triton + the package (editable, compiled)
+#   make test      the test suite (not the `slow` ones)
+#   make bench     kernel benchmarks (results appended under benchmarks/results/)
+#   make demo      the demo (for now: the normalisation benchmark at small sizes)
+# TORCH=...        pip requirement for torch (default torch==2.13.0, the CPU wheel);
+#                  TORCH=system reuses the torch of $(PY) (e.g. a CUDA build) via --system-site-packages.
+# TFORGE_CUDA=OFF  skips the CUDA kernels (default AUTO: built whenever nvcc is found).
+
+PY ?= python3
+VENV ?= .venv
+PYBIN := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+TRITON ?= triton==3.8.0
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.tforge-installed
+SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: install test bench demo clean
+
+install: $(STAMP)
+
+$(VENV)/.deps-installed:
+	@if [ "$(TORCH)" = "system" ]; then $(PY) -m venv --system-site-packages $(VENV); else $(PY) -m venv $(VENV); fi
+	@if [ "$(TORCH)" != "system" ]; then $(PYBIN) -m pip install -q "$(TORCH)"; fi
+	$(PYBIN) -m pip install -q "$(TRITON)" "numpy>=2" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.24" "pytest>=8" "transformers>=4.45"
+	@touch $@
+
+$(STAMP): $(VENV)/.deps-installed $(SOURCES)
+	@echo "Building tforge (first build: C++ kernels about 1 minute, plus the CUDA kernels when nvcc is found)..."
+	$(PYBIN) -m pip install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+test: install
+	$(PYBIN) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PYBIN) benchmarks/bench_layer_norm.py
+	$(PYBIN) benchmarks/bench_rms_norm.py
+
+demo: install
+	$(VENV)/bin/tforge demo
+
+clean:
+	rm -rf build $(VENV)

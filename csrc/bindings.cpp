@@ -1,0 +1,161 @@
+// tforge._C: one pybind11 module, deliberately thin. Each entry takes raw
+// pointers (ints), sizes, strides and a dtype code from tforge/_native.py,
+// builds an argument block, releases the GIL and calls the checked kernel
+// entry. Errors become Python exceptions (std::invalid_argument -> ValueError,
+// std::runtime_error -> RuntimeError). No libtorch: one build serves every
+// torch version.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/cpu_features.h"
+#include "common/norm_args.h"
+#include "cpu/norm.h"
+#if defined(TFORGE_WITH_CUDA)
+#include "cuda/norm.h"
+#endif
+
+namespace py = pybind11;
+using tforge::NormBwdArgs;
+using tforge::NormFwdArgs;
+
+namespace {
+
+template <class P>
+P* ptr(uintptr_t p) {
+  return reinterpret_cast<P*>(p);
+}
+
+NormFwdArgs fwd_args(bool rms, uintptr_t x, int64_t x_stride, uintptr_t residual, int64_t residual_stride,
+                     uintptr_t weight, uintptr_t bias, uintptr_t y, uintptr_t residual_out, uintptr_t mean,
+                     uintptr_t rstd, int64_t rows, int64_t cols, double eps, int dtype) {
+  NormFwdArgs a;
+  a.x = ptr<const void>(x);
+  a.x_stride = x_stride;
+  a.residual = ptr<const void>(residual);
+  a.residual_stride = residual_stride;
+  a.weight = ptr<const void>(weight);
+  a.bias = ptr<const void>(bias);
+  a.y = ptr<void>(y);
+  a.residual_out = ptr<void>(residual_out);
+  a.mean = ptr<float>(mean);
+  a.rstd = ptr<float>(rstd);
+  a.rows = rows;
+  a.cols = cols;
+  a.eps = static_cast<float>(eps);
+  a.dtype = dtype;
+  a.rms = rms;
+  return a;
+}
+
+NormBwdArgs bwd_args(bool rms, uintptr_t dy, int64_t dy_stride, uintptr_t dres, int64_t dres_stride, uintptr_t x,
+                     int64_t x_stride, uintptr_t weight, uintptr_t mean, uintptr_t rstd, uintptr_t dx,
+                     uintptr_t dweight, uintptr_t dbias, int64_t rows, int64_t cols, int dtype) {
+  NormBwdArgs a;
+  a.dy = ptr<const void>(dy);
+  a.dy_stride = dy_stride;
+  a.dresidual_out = ptr<const void>(dres);
+  a.dres_stride = dres_stride;
+  a.x = ptr<const void>(x);
+  a.x_stride = x_stride;
+  a.weight = ptr<const void>(weight);
+  a.mean = ptr<const float>(mean);
+  a.rstd = ptr<const float>(rstd);
+  a.dx = ptr<void>(dx);
+  a.dweight = ptr<void>(dweight);
+  a.dbias = ptr<void>(dbias);
+  a.rows = rows;
+  a.cols = cols;
+  a.dtype = dtype;
+  a.rms = rms;
+  return a;
+}
+
+#define TF_FWD_ARGS                                                                                        \
+  py::arg("x"), py::arg("x_stride"), py::arg("residual"), py::arg("residual_stride"), py::arg("weight"),   \
+      py::arg("bias"), py::arg("y"), py::arg("residual_out"), py::arg("mean"), py::arg("rstd"),            \
+      py::arg("rows"), py::arg("cols"), py::arg("eps"), py::arg("dtype")
+#define TF_BWD_ARGS                                                                                        \
+  py::arg("dy"), py::arg("dy_stride"), py::arg("dresidual_out"), py::arg("dres_stride"), py::arg("x"),     \
+      py::arg("x_stride"), py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("dx"),             \
+      py::arg("dweight"), py::arg("dbias"), py::arg("rows"), py::arg("cols"), py::arg("dtype")
+
+void def_norm(py::module_& m, const std::string& name, bool rms) {
+  m.def(
+      (name + "_fwd_cpu").c_str(),
+      [rms](uintptr_t x, int64_t xs, uintptr_t res, int64_t rs, uintptr_t w, uintptr_t b, uintptr_t y,
+            uintptr_t ro, uintptr_t mean, uintptr_t rstd, int64_t rows, int64_t cols, double eps, int dtype,
+            int threads) {
+        tforge::cpu::norm_fwd(fwd_args(rms, x, xs, res, rs, w, b, y, ro, mean, rstd, rows, cols, eps, dtype),
+                              threads);
+      },
+      TF_FWD_ARGS, py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      (name + "_bwd_cpu").c_str(),
+      [rms](uintptr_t dy, int64_t dys, uintptr_t dres, int64_t drs, uintptr_t x, int64_t xs, uintptr_t w,
+            uintptr_t mean, uintptr_t rstd, uintptr_t dx, uintptr_t dw, uintptr_t db, int64_t rows, int64_t cols,
+            int dtype, int threads) {
+        tforge::cpu::norm_bwd(
+            bwd_args(rms, dy, dys, dres, drs, x, xs, w, mean, rstd, dx, dw, db, rows, cols, dtype), threads);
+      },
+      TF_BWD_ARGS, py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+#if defined(TFORGE_WITH_CUDA)
+  m.def(
+      (name + "_fwd_cuda").c_str(),
+      [rms](uintptr_t x, int64_t xs, uintptr_t res, int64_t rs, uintptr_t w, uintptr_t b, uintptr_t y,
+            uintptr_t ro, uintptr_t mean, uintptr_t rstd, int64_t rows, int64_t cols, double eps, int dtype,
+            int device, uintptr_t stream) {
+        tforge::cuda::norm_fwd(fwd_args(rms, x, xs, res, rs, w, b, y, ro, mean, rstd, rows, cols, eps, dtype),
+                               device, stream);
+      },
+      TF_FWD_ARGS, py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      (name + "_bwd_cuda_workspace").c_str(),
+      [rms](int64_t rows, int64_t cols, bool has_dweight, bool has_dbias, int dtype, int device) {
+        NormBwdArgs a;
+        a.rows = rows;
+        a.cols = cols;
+        a.dtype = dtype;
+        a.rms = rms;
+        // Only presence matters for the size; any non-null marker will do.
+        a.dweight = has_dweight ? reinterpret_cast<void*>(1) : nullptr;
+        a.dbias = has_dbias ? reinterpret_cast<void*>(1) : nullptr;
+        return tforge::cuda::norm_bwd_workspace_floats(a, device);
+      },
+      py::arg("rows"), py::arg("cols"), py::arg("has_dweight"), py::arg("has_dbias"), py::arg("dtype"),
+      py::arg("device"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      (name + "_bwd_cuda").c_str(),
+      [rms](uintptr_t dy, int64_t dys, uintptr_t dres, int64_t drs, uintptr_t x, int64_t xs, uintptr_t w,
+            uintptr_t mean, uintptr_t rstd, uintptr_t dx, uintptr_t dw, uintptr_t db, int64_t rows, int64_t cols,
+            int dtype, uintptr_t workspace, int64_t workspace_floats, int device, uintptr_t stream) {
+        tforge::cuda::norm_bwd(
+            bwd_args(rms, dy, dys, dres, drs, x, xs, w, mean, rstd, dx, dw, db, rows, cols, dtype),
+            ptr<float>(workspace), workspace_floats, device, stream);
+      },
+      TF_BWD_ARGS, py::arg("workspace"), py::arg("workspace_floats"), py::arg("device"), py::arg("stream"),
+      py::call_guard<py::gil_scoped_release>());
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "tforge native kernels (C++ CPU and CUDA); see tforge/_native.py for the Python side";
+  def_norm(m, "layer_norm", false);
+  def_norm(m, "rms_norm", true);
+
+  m.def("cpu_isa", &tforge::cpu_kernel_isa, "CPU kernel set chosen at run time: 'avx2' or 'scalar'");
+#if defined(TFORGE_WITH_CUDA)
+  m.attr("cuda_compiled") = true;
+  m.attr("cuda_archs") = TFORGE_CUDA_ARCHS;
+  m.def("cuda_device_count", &tforge::cuda::device_count);
+  m.def("cuda_runtime_info", &tforge::cuda::runtime_info);
+#else
+  m.attr("cuda_compiled") = false;
+  m.attr("cuda_archs") = "";
+  m.def("cuda_device_count", []() { return 0; });
+  m.def("cuda_runtime_info", []() { return std::string("CUDA kernels not compiled"); });
+#endif
+}

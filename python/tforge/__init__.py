@@ -1,0 +1,25 @@
+"""tforge: fast Transformer kernels (C++ CPU, hand-written CUDA, Triton) as
+PyTorch custom ops, with a pure-PyTorch reference beside each.
+
+Public API::
+
+    tforge.layer_norm(x, weight=None, bias=None, eps=1e-5)
+    tforge.rms_norm(x, weight=None, eps=1e-6)
+    tforge.add_layer_norm(x, residual, weight, bias, eps) -> (normed, x + residual)
+    tforge.add_rms_norm(x, residual, weight, eps)         -> (normed, x + residual)
+    tforge.backends()            what this build and machine offer
+    tforge.use_backend(name)     context manager forcing a backend
+    tforge.nn.LayerNorm / tforge.nn.RMSNorm
+
+Importing tforge loads the small native module and registers the custom ops;
+Triton and transformers are imported only when used.
+"""
+from tforge._backend import backends, use_backend
+from tforge.ops.layer_norm import add_layer_norm, layer_norm
+from tforge.ops.rms_norm import add_rms_norm, rms_norm
+from tforge import nn  # noqa: E402  (needs the ops above)
+
+__version__ = "0.1.0"
+
+__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "backends", "use_backend", "nn",
+           "__version__"]

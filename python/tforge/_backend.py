@@ -1,0 +1,124 @@
+"""Backend registry and selection.
+
+Backends: ``cpu`` (C++ kernels in tforge._C), ``cuda`` (hand-written CUDA in
+tforge._C), ``triton`` and ``torch`` (the pure-PyTorch reference math).
+``backend=None`` picks the fastest one that can serve the tensor's device and
+dtype; an explicitly requested backend that cannot serve the input raises.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+
+from tforge import _native
+
+BACKENDS = ("cpu", "cuda", "triton", "torch")
+
+# Preference order per device when backend=None. From benchmarks/results/:
+# the C++ kernels beat eager PyTorch on CPU; on GPU the hand-written CUDA
+# kernels come first, Triton second (to be confirmed on the H200).
+_PREFERENCE = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
+
+# Dtypes each native/triton backend serves (torch serves every floating dtype).
+_DTYPES = {
+    "cpu": (torch.float32, torch.bfloat16),
+    "cuda": (torch.float32, torch.bfloat16, torch.float16),
+    "triton": (torch.float32, torch.bfloat16, torch.float16),
+    "torch": (torch.float32, torch.bfloat16, torch.float16, torch.float64),
+}
+
+_stack: list[str | None] = []  # use_backend() overrides, innermost last (None: automatic)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_device_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def why_unavailable(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str | None:
+    """None when `name` can serve (device, dtype), else the reason in words."""
+    if name not in BACKENDS:
+        return f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}"
+    if dtype is not None and dtype not in _DTYPES[name]:
+        names = ", ".join(str(d).replace("torch.", "") for d in _DTYPES[name])
+        return f"backend {name!r} does not take {str(dtype).replace('torch.', '')} (it takes {names})"
+    dev = device.type if device is not None else None
+    if name == "cpu":
+        if not _native.loaded():
+            return "backend 'cpu' needs the compiled core tforge._C, which is not built"
+        if dev not in (None, "cpu"):
+            return f"backend 'cpu' runs on CPU tensors, got a tensor on {device}"
+    elif name == "cuda":
+        if not _native.cuda_compiled():
+            return "backend 'cuda' was not compiled into tforge._C (no nvcc at build time, or TFORGE_CUDA=OFF)"
+        if _cuda_device_count() == 0:
+            return "backend 'cuda' needs a CUDA GPU, and torch sees none"
+        if dev not in (None, "cuda"):
+            return f"backend 'cuda' runs on CUDA tensors, got a tensor on {device}"
+    elif name == "triton":
+        if not _triton_importable():
+            return "backend 'triton' needs the triton package (pip install triton)"
+        if dev == "cpu" and not triton_interpreted():
+            return "backend 'triton' runs on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1)"
+        if dev not in (None, "cpu", "cuda"):
+            return f"backend 'triton' cannot run on {device}"
+    return None
+
+
+def resolve(device: torch.device, dtype: torch.dtype, requested: str | None = None) -> str:
+    """The backend to run for a tensor on `device` with `dtype`."""
+    name = requested if requested is not None else (_stack[-1] if _stack else None)
+    if name is not None:
+        reason = why_unavailable(name, device, dtype)
+        if reason is not None:
+            raise ValueError(f"backend: {reason}")
+        return name
+    for cand in _PREFERENCE.get(device.type, ("torch",)):
+        if why_unavailable(cand, device, dtype) is None:
+            return cand
+    return "torch"
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Run tforge ops inside the block on backend `name` (None: automatic)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"use_backend: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    _stack.append(name)
+    try:
+        yield
+    finally:
+        _stack.pop()
+
+
+def backends() -> dict:
+    """What this build and machine offer: each backend with `available` and,
+    when it is not, the reason; plus the CPU kernel ISA and CUDA details."""
+    out = {}
+    gpu = torch.device("cuda") if _cuda_device_count() > 0 else torch.device("cpu")
+    for name in BACKENDS:
+        dev = {"cpu": torch.device("cpu"), "cuda": torch.device("cuda"), "triton": gpu}.get(name)
+        reason = why_unavailable(name, dev)
+        out[name] = {"available": reason is None, **({"reason": reason} if reason else {})}
+    out["cpu"]["isa"] = _native.cpu_isa()
+    out["cuda"]["compiled"] = _native.cuda_compiled()
+    if _native.cuda_compiled():
+        out["cuda"]["archs"] = _native.require().cuda_archs
+    out["triton"]["interpreter"] = triton_interpreted()
+    return out

@@ -1,0 +1,73 @@
+"""Loads the compiled core ``tforge._C`` and turns tensors into the raw
+arguments it takes (pointers, row views, dtype codes, streams).
+
+``_C`` links no libtorch: it sees only integers. Everything that touches a
+torch.Tensor on the way in or out happens here, so the native side can stay a
+thin, checked C++ API.
+"""
+from __future__ import annotations
+
+import torch
+
+try:  # the package can be imported without a build (reference backend only)
+    from tforge import _C
+    _LOAD_ERROR: Exception | None = None
+except ImportError as exc:  # pragma: no cover - depends on the install
+    _C = None
+    _LOAD_ERROR = exc
+
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def loaded() -> bool:
+    return _C is not None
+
+
+def require():
+    """The native module, or a RuntimeError that says how to build it."""
+    if _C is None:
+        raise RuntimeError(
+            f"tforge's compiled core tforge._C could not be loaded ({_LOAD_ERROR}); "
+            "build it with `make install` or `pip install --no-build-isolation -e .`"
+        )
+    return _C
+
+
+def cuda_compiled() -> bool:
+    return _C is not None and bool(_C.cuda_compiled)
+
+
+def cpu_isa() -> str | None:
+    return _C.cpu_isa() if _C is not None else None
+
+
+def ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def dtype_code(t: torch.Tensor) -> int:
+    return DTYPE_CODES[t.dtype]
+
+
+def as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """View ``t`` as (rows, n) with unit stride along n, copying only when the
+    leading dimensions cannot be collapsed into one row stride (or the last
+    dimension is strided). Slices of wider tensors stay zero-copy."""
+    if t.stride(-1) != 1 and t.shape[-1] > 1:
+        t = t.contiguous()
+    try:
+        t2 = t.view(-1, n)
+    except RuntimeError:
+        t2 = t.contiguous().view(-1, n)
+    if t2.shape[0] > 1 and t2.stride(0) < n:  # e.g. expanded (stride 0) rows
+        t2 = t2.contiguous()
+    return t2
+
+
+def row_stride(t2: torch.Tensor) -> int:
+    return t2.stride(0) if t2.shape[0] > 0 else t2.shape[1]
+
+
+def cuda_stream(t: torch.Tensor) -> tuple[int, int]:
+    """(device index, raw stream handle) for launching on t's current stream."""
+    return t.device.index, torch.cuda.current_stream(t.device).cuda_stream

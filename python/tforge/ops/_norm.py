@@ -1,0 +1,268 @@
+"""Shared machinery of the LayerNorm / RMSNorm ops (plain and fused with a
+residual add): argument checks, the per-backend forward and backward, and the
+torch.library registration helpers used by ops/layer_norm.py and
+ops/rms_norm.py.
+
+Every backend computes the same thing (fp32 accumulation, two-pass variance):
+forward returns (y, residual_out, mean, rstd) where residual_out = x + residual
+rounded to x.dtype (the norm is taken of that rounded sum), mean is None for
+RMSNorm; backward returns (dx, dweight, dbias) with dresidual_out folded into dx.
+Inputs of any layout are viewed as (rows, hidden); a copy is made only when the
+leading dimensions cannot be collapsed into one row stride.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tforge import _backend, _native
+
+Tensor = torch.Tensor
+
+
+def _name(t: Tensor | None) -> str:
+    return "None" if t is None else f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')} on {t.device}"
+
+
+def check_args(op: str, x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None,
+               eps: float) -> None:
+    """Raise ValueError naming the argument and what was expected. Uses only
+    metadata, so it also runs on fake tensors under torch.compile."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{op}: x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{op}: x must have at least one dimension (the normalised one), got a scalar")
+    n = x.shape[-1]
+    if n < 1:
+        raise ValueError(f"{op}: the normalised (last) dimension of x must be >= 1, got shape {tuple(x.shape)}")
+    if not isinstance(eps, (float, int)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"{op}: eps must be a positive finite number, got {eps!r}")
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise ValueError(f"{op}: residual must have the shape of x {tuple(x.shape)}, got {_name(residual)}")
+        if residual.dtype != x.dtype or residual.device != x.device:
+            raise ValueError(f"{op}: residual must match x's dtype and device ({_name(x)}), got {_name(residual)}")
+    for pname, p in (("weight", weight), ("bias", bias)):
+        if p is None:
+            continue
+        if p.shape != (n,):
+            raise ValueError(f"{op}: {pname} must have shape ({n},) to match the last dimension of x, got {_name(p)}")
+        if p.device != x.device:
+            raise ValueError(f"{op}: {pname} is on {p.device} but x is on {x.device}; put them on one device")
+        if p.dtype != x.dtype:
+            raise ValueError(f"{op}: {pname} dtype {p.dtype} must equal x dtype {x.dtype} "
+                             "(the public tforge.* functions cast it for you)")
+
+
+def check_backend(op: str, x: Tensor, backend: str) -> None:
+    reason = _backend.why_unavailable(backend, x.device, x.dtype)
+    if reason is not None:
+        raise ValueError(f"{op}: {reason}")
+
+
+# ---------------------------------------------------------------- forward
+
+
+def _fwd_torch(x2, r2, w, b, eps, rms):
+    s = x2 if r2 is None else (x2.float() + r2.float()).to(x2.dtype)
+    sf = s.float()
+    if rms:
+        mean = None
+        rstd = torch.rsqrt(sf.square().mean(-1) + eps)
+        xhat = sf * rstd[:, None]
+    else:
+        mean = sf.mean(-1)
+        rstd = torch.rsqrt((sf - mean[:, None]).square().mean(-1) + eps)
+        xhat = (sf - mean[:, None]) * rstd[:, None]
+    y = xhat * w.float() if w is not None else xhat
+    if b is not None:
+        y = y + b.float()
+    return y.to(x2.dtype), (s.contiguous() if r2 is not None else None), mean, rstd
+
+
+def _fwd_native(x2, r2, w, b, eps, rms, device_kind):
+    C = _native.require()
+    m, n = x2.shape
+    y = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
+    res_out = torch.empty_like(y) if r2 is not None else None
+    mean = None if rms else torch.empty(m, dtype=torch.float32, device=x2.device)
+    rstd = torch.empty(m, dtype=torch.float32, device=x2.device)
+    name = "rms_norm" if rms else "layer_norm"
+    kwargs = dict(x=x2.data_ptr(), x_stride=_native.row_stride(x2), residual=_native.ptr(r2),
+                  residual_stride=_native.row_stride(r2) if r2 is not None else 0, weight=_native.ptr(w),
+                  bias=_native.ptr(b), y=y.data_ptr(), residual_out=_native.ptr(res_out), mean=_native.ptr(mean),
+                  rstd=rstd.data_ptr(), rows=m, cols=n, eps=float(eps), dtype=_native.dtype_code(x2))
+    if device_kind == "cpu":
+        getattr(C, f"{name}_fwd_cpu")(**kwargs, threads=torch.get_num_threads())
+    else:
+        device, stream = _native.cuda_stream(x2)
+        getattr(C, f"{name}_fwd_cuda")(**kwargs, device=device, stream=stream)
+    return y, res_out, mean, rstd
+
+
+def norm_forward(x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None, eps: float,
+                 rms: bool, backend: str):
+    """(y, residual_out, mean, rstd), y and residual_out shaped like x."""
+    n = x.shape[-1]
+    x2 = _native.as_rows(x, n)
+    r2 = _native.as_rows(residual, n) if residual is not None else None
+    w = weight.contiguous() if weight is not None else None
+    b = bias.contiguous() if bias is not None else None
+    if backend == "torch":
+        y, res_out, mean, rstd = _fwd_torch(x2, r2, w, b, eps, rms)
+    elif backend in ("cpu", "cuda"):
+        y, res_out, mean, rstd = _fwd_native(x2, r2, w, b, eps, rms, backend)
+    elif backend == "triton":
+        from tforge.triton import norm as tnorm
+        y, res_out, mean, rstd = tnorm.norm_fwd(x2, r2, w, b, float(eps), rms)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return (y.view(x.shape), res_out.view(x.shape) if res_out is not None else None, mean, rstd)
+
+
+# ---------------------------------------------------------------- backward
+
+
+def _bwd_torch(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db):
+    xf = x2.float()
+    xhat = (xf if rms else xf - mean[:, None]) * rstd[:, None]
+    dyf = dy2.float()
+    g = dyf * w.float() if w is not None else dyf
+    n = x2.shape[1]
+    c1 = (g * xhat).sum(-1, keepdim=True) / n
+    dx = g - xhat * c1
+    if not rms:
+        dx = dx - g.sum(-1, keepdim=True) / n
+    dx = dx * rstd[:, None]
+    if dr2 is not None:
+        dx = dx + dr2.float()
+    dw = (dyf * xhat).sum(0).to(x2.dtype) if need_dw else None
+    db = dyf.sum(0).to(x2.dtype) if need_db else None
+    return dx.to(x2.dtype), dw, db
+
+
+def _bwd_native(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db, device_kind):
+    C = _native.require()
+    m, n = x2.shape
+    dx = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
+    dw = torch.empty(n, dtype=x2.dtype, device=x2.device) if need_dw else None
+    db = torch.empty(n, dtype=x2.dtype, device=x2.device) if need_db else None
+    name = "rms_norm" if rms else "layer_norm"
+    kwargs = dict(dy=dy2.data_ptr(), dy_stride=_native.row_stride(dy2), dresidual_out=_native.ptr(dr2),
+                  dres_stride=_native.row_stride(dr2) if dr2 is not None else 0, x=x2.data_ptr(),
+                  x_stride=_native.row_stride(x2), weight=_native.ptr(w), mean=_native.ptr(mean),
+                  rstd=rstd.data_ptr(), dx=dx.data_ptr(), dweight=_native.ptr(dw), dbias=_native.ptr(db),
+                  rows=m, cols=n, dtype=_native.dtype_code(x2))
+    if device_kind == "cpu":
+        getattr(C, f"{name}_bwd_cpu")(**kwargs, threads=torch.get_num_threads())
+    else:
+        device, stream = _native.cuda_stream(x2)
+        ws_floats = getattr(C, f"{name}_bwd_cuda_workspace")(rows=m, cols=n, has_dweight=dw is not None,
+                                                             has_dbias=db is not None, dtype=kwargs["dtype"],
+                                                             device=device)
+        ws = torch.empty(max(ws_floats, 1), dtype=torch.float32, device=x2.device)
+        getattr(C, f"{name}_bwd_cuda")(**kwargs, workspace=ws.data_ptr(), workspace_floats=ws_floats,
+                                       device=device, stream=stream)
+    return dx, dw, db
+
+
+def norm_backward(dy: Tensor, dresidual_out: Tensor | None, x: Tensor, weight: Tensor | None,
+                  mean: Tensor | None, rstd: Tensor, rms: bool, need_dweight: bool, need_dbias: bool, backend: str):
+    """(dx, dweight, dbias); dx shaped like x, dweight/dbias None when not asked.
+    `weight` scales dy whether or not its gradient is asked for."""
+    need_dweight = need_dweight and weight is not None
+    n = x.shape[-1]
+    x2 = _native.as_rows(x, n)
+    dy2 = _native.as_rows(dy, n)
+    dr2 = _native.as_rows(dresidual_out, n) if dresidual_out is not None else None
+    w = weight.contiguous() if weight is not None else None
+    if backend == "torch":
+        dx, dw, db = _bwd_torch(dy2, dr2, x2, w, mean, rstd, rms, need_dweight, need_dbias)
+    elif backend in ("cpu", "cuda"):
+        dx, dw, db = _bwd_native(dy2, dr2, x2, w, mean, rstd, rms, need_dweight, need_dbias, backend)
+    elif backend == "triton":
+        from tforge.triton import norm as tnorm
+        dx, dw, db = tnorm.norm_bwd(dy2, dr2, x2, w, mean, rstd, rms, need_dbias)
+        dw = dw if need_dweight else None
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return dx.view(x.shape), dw, db
+
+
+# ---------------------------------------------------------------- torch.library glue
+
+_EMPTY_SHAPE = (0,)
+
+
+def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
+    """Custom ops cannot return None: absent outputs are empty fp32 tensors."""
+    return t if t is not None else like.new_empty(_EMPTY_SHAPE, dtype=torch.float32)
+
+
+def stats_like(x: Tensor, rms: bool) -> tuple[Tensor, Tensor]:
+    """Fake (mean, rstd) for meta/fake tensors: fp32, one per row."""
+    rows = x.shape[:-1]
+    mean = x.new_empty(_EMPTY_SHAPE if rms else rows, dtype=torch.float32)
+    return mean, x.new_empty(rows, dtype=torch.float32)
+
+
+def define_backward_op(family: str, rms: bool):
+    """Register tforge::<family>_backward -> (dx, dweight, dbias); unrequested
+    gradients come back as empty tensors."""
+
+    def backward_impl(dy: Tensor, dresidual_out: Tensor | None, x: Tensor, weight: Tensor | None, mean: Tensor,
+                      rstd: Tensor, need_dweight: bool, need_dbias: bool, backend: str):
+        check_backend(f"{family} backward", x, backend)
+        dx, dw, db = norm_backward(dy, dresidual_out, x, weight, None if rms else mean.reshape(-1),
+                                   rstd.reshape(-1), rms, need_dweight, need_dbias, backend)
+        return dx, _or_empty(dw, x), _or_empty(db, x)
+
+    schema = ("(Tensor dy, Tensor? dresidual_out, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, "
+              "bool need_dweight, bool need_dbias, str backend) -> (Tensor, Tensor, Tensor)")
+    op = torch.library.custom_op(f"tforge::{family}_backward", backward_impl, mutates_args=(), schema=schema)
+
+    @op.register_fake
+    def _(dy, dresidual_out, x, weight, mean, rstd, need_dweight, need_dbias, backend):
+        n = x.shape[-1]
+        dw = x.new_empty((n,)) if need_dweight else x.new_empty(_EMPTY_SHAPE, dtype=torch.float32)
+        db = x.new_empty((n,)) if need_dbias else x.new_empty(_EMPTY_SHAPE, dtype=torch.float32)
+        return x.new_empty(x.shape), dw, db
+
+    return op
+
+
+def register_norm_autograd(fwd_op, bwd_op, *, fused: bool, rms: bool) -> None:
+    """Autograd for a forward op whose inputs are
+    (x, [residual,] weight, [bias,] eps, backend) and outputs (y, [residual_out,] mean, rstd)."""
+    w_idx = 2 if fused else 1
+
+    def setup_context(ctx, inputs, output):
+        weight = inputs[w_idx]
+        ctx.has_bias = (not rms) and inputs[w_idx + 1] is not None
+        ctx.backend = inputs[-1]
+        normed_input = output[1] if fused else inputs[0]
+        mean, rstd = output[-2], output[-1]
+        ctx.save_for_backward(normed_input, weight, mean, rstd)
+
+    def backward(ctx, dy, *rest):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dres = rest[0] if fused else None
+        need_dw = weight is not None and ctx.needs_input_grad[w_idx]
+        need_db = ctx.has_bias and ctx.needs_input_grad[w_idx + 1]
+        dx, dw, db = bwd_op(dy, dres, x, weight, mean, rstd, need_dw, need_db, ctx.backend)
+        grads = [dx] + ([dx] if fused else []) + [dw if need_dw else None]
+        if not rms:
+            grads.append(db if need_db else None)
+        return (*grads, None, None)  # eps, backend
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+
+
+def prepare_params(x: Tensor, *params: Tensor | None):
+    """Cast weight/bias to x's dtype (differentiably), e.g. fp32 parameters with
+    bf16 activations under autocast; the kernels take one dtype."""
+    return tuple(p.to(x.dtype) if p is not None and p.dtype != x.dtype and x.is_floating_point() else p
+                 for p in params)

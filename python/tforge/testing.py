@@ -1,0 +1,55 @@
+"""Tolerances and comparison helpers shared by tests and benchmarks.
+
+Floating-point ops are compared with dtype-aware tolerances against their fp32
+reference; the alternative rule (as in FlashAttention's tests) is that our error
+against the fp32 reference is at most `factor` times that of the same
+computation done by PyTorch at the input dtype. Integer ops compare exactly.
+"""
+from __future__ import annotations
+
+import torch
+
+# (atol, rtol) per dtype, forward and backward (gradients sum over rows, so a
+# little looser in fp32).
+FWD_TOL = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (2e-3, 2e-3),
+}
+BWD_TOL = {
+    torch.float64: (1e-9, 1e-9),
+    torch.float32: (1e-4, 1e-4),
+    torch.bfloat16: (3e-2, 3e-2),
+    torch.float16: (5e-3, 5e-3),
+}
+
+
+def tolerances(dtype: torch.dtype, backward: bool = False) -> tuple[float, float]:
+    return (BWD_TOL if backward else FWD_TOL)[dtype]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, *,
+                 backward: bool = False, name: str = "output") -> None:
+    """Elementwise |actual - expected| <= atol + rtol * |expected| with the
+    tolerances of `dtype` (default: actual's dtype); compared in fp32.
+    Shapes must match; NaNs must sit in the same places."""
+    dtype = dtype or actual.dtype
+    atol, rtol = tolerances(dtype, backward)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol, equal_nan=True,
+                               msg=lambda m: f"{name} ({dtype}, atol={atol}, rtol={rtol}): {m}")
+
+
+def max_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
+    return (actual.double() - reference.double()).abs().max().item() if actual.numel() else 0.0
+
+
+def assert_error_within(actual: torch.Tensor, reference: torch.Tensor, baseline: torch.Tensor, *,
+                        factor: float = 2.0, slack: float = 1e-5, name: str = "output") -> None:
+    """FlashAttention's rule: max|actual - ref| <= factor * max|baseline - ref| + slack,
+    where baseline is PyTorch's own computation at the low-precision dtype."""
+    err, base = max_error(actual, reference), max_error(baseline, reference)
+    if not err <= factor * base + slack:
+        raise AssertionError(f"{name}: max error {err:.3g} exceeds {factor} x PyTorch's {base:.3g} + {slack}")
