@@ -142,7 +142,8 @@ def cases():
     out = []
     for backend in BACKENDS:
         shapes = TRITON_SHAPES if (backend == "triton" and not HAS_CUDA) else SHAPES
-        marks = [pytest.mark.gpu] if backend == "cuda" else []
+        # On a GPU machine every backend but "cpu" runs on CUDA tensors: `pytest -m gpu` selects them.
+        marks = [pytest.mark.gpu] if backend == "cuda" or (HAS_CUDA and backend != "cpu") else []
         for dtype in [torch.float32, torch.bfloat16, torch.float16]:
             if dtype not in dtypes_for(backend):
                 continue

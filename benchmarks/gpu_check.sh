@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU check: on a GPU machine with no network (torch, triton, pybind11,
+# scikit-build-core, cmake and ninja preinstalled), build tforge from source,
+# run the GPU tests and the kernel benchmarks, and leave logs and JSON lines in
+# $OUT (else benchmarks/results/). Budget: well inside 8 minutes.
+#   OUT=/tmp/out bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+# Only the GPU's own architecture, to keep the build short there.
+export CMAKE_ARGS="${CMAKE_ARGS:--DCMAKE_CUDA_ARCHITECTURES=90a}"
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
+status=0
+stamp() { echo "[gpu_check $(date +%T)] $*"; }
+
+stamp "build" | tee "$OUT/gpu_check.log"
+{ nvidia-smi; time $PY -m pip install --no-build-isolation --no-deps -e . ; } > "$OUT/build.log" 2>&1 \
+  || { stamp "BUILD FAILED (see build.log)" | tee -a "$OUT/gpu_check.log"; exit 1; }
+$PY -m tforge.cli info --json > "$OUT/info.json" 2>&1 || status=1
+
+stamp "GPU tests" | tee -a "$OUT/gpu_check.log"
+timeout 240 $PY -m pytest -q -m gpu -p no:cacheprovider tests/ > "$OUT/gpu_tests.log" 2>&1 || status=1
+tail -n 3 "$OUT/gpu_tests.log" | tee -a "$OUT/gpu_check.log"
+
+stamp "benchmarks" | tee -a "$OUT/gpu_check.log"
+timeout 150 $PY benchmarks/bench_layer_norm.py --out "$OUT" --dtypes bf16 --repeats 20 >> "$OUT/bench.log" 2>&1 || status=1
+timeout 100 $PY benchmarks/bench_rms_norm.py --out "$OUT" --dtypes bf16 --repeats 20 >> "$OUT/bench.log" 2>&1 || status=1
+stamp "done, status $status" | tee -a "$OUT/gpu_check.log"
+exit $status
