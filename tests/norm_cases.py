@@ -29,8 +29,6 @@ SHAPES = [
     ((4, 3, 96), "transposed"),
     ((17, 768), "contig"),
 ]
-# The Triton interpreter is slow: it gets the small and awkward shapes only.
-TRITON_SHAPES = [s for s in SHAPES if s[0] not in ((2, 3, 65536),)] + [((1, 65536), "contig")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,13 +139,12 @@ def cases():
     """(backend, dtype, shape, layout) for every backend; unavailable ones skip at run time."""
     out = []
     for backend in BACKENDS:
-        shapes = TRITON_SHAPES if (backend == "triton" and not HAS_CUDA) else SHAPES
         # On a GPU machine every backend but "cpu" runs on CUDA tensors: `pytest -m gpu` selects them.
         marks = [pytest.mark.gpu] if backend == "cuda" or (HAS_CUDA and backend != "cpu") else []
         for dtype in [torch.float32, torch.bfloat16, torch.float16]:
             if dtype not in dtypes_for(backend):
                 continue
-            for shape, layout in shapes:
+            for shape, layout in SHAPES:
                 out.append(pytest.param(backend, dtype, shape, layout, marks=marks,
                                         id=f"{backend}-{str(dtype)[6:]}-{'x'.join(map(str, shape))}-{layout}"))
     return out

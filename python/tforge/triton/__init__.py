@@ -1,0 +1,1 @@
+"""Triton kernels and their launchers (imported lazily by the ops layer; importing this package needs no GPU)."""
