@@ -2,7 +2,7 @@
 #   make install   venv + torch (CPU wheel by default) + triton + the package (editable, compiled)
 #   make test      the test suite (not the `slow` ones)
 #   make bench     kernel benchmarks (results appended under benchmarks/results/)
-#   make demo      the demo (for now: the normalisation benchmark at small sizes)
+#   make demo      the demo (for now: `tforge info` and the norm benchmark at a small size)
 # TORCH=...        pip requirement for torch (default torch==2.13.0, the CPU wheel);
 #                  TORCH=system reuses the torch of $(PY) (e.g. a CUDA build) via --system-site-packages.
 # TFORGE_CUDA=OFF  skips the CUDA kernels (default AUTO: built whenever nvcc is found).
@@ -38,8 +38,10 @@ bench: install
 	$(PYBIN) benchmarks/bench_layer_norm.py
 	$(PYBIN) benchmarks/bench_rms_norm.py
 
+# Until the training layer lands, the demo is `tforge info` plus the norm benchmark at a small size.
 demo: install
-	$(VENV)/bin/tforge demo
+	$(VENV)/bin/tforge info
+	$(PYBIN) benchmarks/bench_layer_norm.py --quick
 
 clean:
 	rm -rf build $(VENV)

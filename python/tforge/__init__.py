@@ -7,19 +7,22 @@ Public API::
     tforge.rms_norm(x, weight=None, eps=1e-6)
     tforge.add_layer_norm(x, residual, weight, bias, eps) -> (normed, x + residual)
     tforge.add_rms_norm(x, residual, weight, eps)         -> (normed, x + residual)
+    tforge.attention(q, k, v, causal=False, softmax_scale=None, window=None, attn_bias=None)
+    tforge.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, ...)
     tforge.backends()            what this build and machine offer
     tforge.use_backend(name)     context manager forcing a backend
-    tforge.nn.LayerNorm / tforge.nn.RMSNorm
+    tforge.nn.LayerNorm / tforge.nn.RMSNorm / tforge.nn.Attention
 
 Importing tforge loads the small native module and registers the custom ops;
 Triton and transformers are imported only when used.
 """
 from tforge._backend import backends, use_backend
+from tforge.ops.attention import attention, attention_varlen, cu_seqlens_from_lengths
 from tforge.ops.layer_norm import add_layer_norm, layer_norm
 from tforge.ops.rms_norm import add_rms_norm, rms_norm
 from tforge import nn  # noqa: E402  (needs the ops above)
 
 __version__ = "0.1.0"
 
-__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "backends", "use_backend", "nn",
-           "__version__"]
+__all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "attention", "attention_varlen",
+           "cu_seqlens_from_lengths", "backends", "use_backend", "nn", "__version__"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from typing import Callable
 
 import torch
 
@@ -81,16 +82,22 @@ def why_unavailable(name: str, device: torch.device | None = None, dtype: torch.
     return None
 
 
-def resolve(device: torch.device, dtype: torch.dtype, requested: str | None = None) -> str:
-    """The backend to run for a tensor on `device` with `dtype`."""
+def resolve(device: torch.device, dtype: torch.dtype, requested: str | None = None,
+            supports: Callable[[str], str | None] | None = None) -> str:
+    """The backend to run for a tensor on `device` with `dtype`. `supports(name)`
+    adds an op's own limits (None when `name` can serve, else the reason)."""
+
+    def reason_for(name):
+        return why_unavailable(name, device, dtype) or (supports(name) if supports else None)
+
     name = requested if requested is not None else (_stack[-1] if _stack else None)
     if name is not None:
-        reason = why_unavailable(name, device, dtype)
+        reason = reason_for(name)
         if reason is not None:
             raise ValueError(f"backend: {reason}")
         return name
     for cand in _PREFERENCE.get(device.type, ("torch",)):
-        if why_unavailable(cand, device, dtype) is None:
+        if reason_for(cand) is None:
             return cand
     return "torch"
 

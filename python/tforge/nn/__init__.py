@@ -1,5 +1,7 @@
 """Drop-in modules built on tforge ops, with PyTorch's constructors and
-state_dict keys."""
+state_dict keys where a PyTorch counterpart exists."""
+from tforge.nn.attention import Attention
 from tforge.nn.norm import LayerNorm, RMSNorm
+from tforge.nn.rotary import RotaryEmbedding, apply_rotary
 
-__all__ = ["LayerNorm", "RMSNorm"]
+__all__ = ["Attention", "LayerNorm", "RMSNorm", "RotaryEmbedding", "apply_rotary"]
