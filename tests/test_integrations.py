@@ -69,3 +69,30 @@ def test_patch_skips_norms_with_other_math():
     assert list(report.replaced) == ["2"]
     assert "1" in report.skipped and "differ" in report.skipped["1"]
     assert type(model[1]).__name__ == "OffsetRMSNorm"
+
+
+@pytest.mark.parametrize("make", [_bert, _llama], ids=["bert", "llama"])
+def test_attn_implementation_tforge_matches_eager(make):
+    from tforge.integrations.transformers import register
+    register()
+    ref = make()
+    cfg = ref.config
+    ours = type(ref)._from_config(cfg, attn_implementation="tforge").eval()
+    ours.load_state_dict(ref.state_dict())
+    ref.set_attn_implementation("eager")
+    ids = torch.randint(0, 97, (2, 13))
+    mask = torch.ones(2, 13, dtype=torch.long)
+    mask[1, 8:] = 0  # padding in the second sequence
+    with torch.no_grad():
+        for kwargs in ({}, {"attention_mask": mask}):
+            a = ref(input_ids=ids, **kwargs)[0]
+            b = ours(input_ids=ids, **kwargs)[0]
+            rows = slice(None) if not kwargs else (1, slice(0, 8))
+            torch.testing.assert_close(b[rows], a[rows], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(b[0], a[0], atol=1e-4, rtol=1e-4)
+
+
+def test_patch_switches_attention():
+    model = _llama()
+    report = patch(model)
+    assert report.attention and model.config._attn_implementation == "tforge"

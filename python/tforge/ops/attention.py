@@ -58,12 +58,13 @@ def _attention_ref_lse(q, k, v, causal, softmax_scale, window, attn_bias):
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
-    qf = q.float().transpose(1, 2)
-    kf = k.float().transpose(1, 2).repeat_interleave(hq // hk, dim=1)
-    vf = v.float().transpose(1, 2).repeat_interleave(hq // hk, dim=1)
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+    qf = q.to(acc).transpose(1, 2)
+    kf = k.to(acc).transpose(1, 2).repeat_interleave(hq // hk, dim=1)
+    vf = v.to(acc).transpose(1, 2).repeat_interleave(hq // hk, dim=1)
     s = torch.matmul(qf, kf.transpose(-1, -2)) * scale
     if attn_bias is not None:
-        s = s + attn_bias.float()
+        s = s + attn_bias.to(acc)
     s = s.masked_fill(~_visible(sq, sk, causal, window, q.device), float("-inf"))
     m = s.amax(-1, keepdim=True)
     has_key = torch.isfinite(m)
@@ -349,7 +350,7 @@ def _attention_op(q: Tensor, k: Tensor, v: Tensor, attn_bias: Optional[Tensor], 
                   backend: str) -> Tuple[Tensor, Tensor]:
     out, lse = _forward(q, k, v, attn_bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                         causal, (window_left, window_right), backend)
-    return out.view(q.shape) if out.shape != q.shape else out, lse
+    return out.contiguous(), lse.contiguous()
 
 
 @_attention_op.register_fake
