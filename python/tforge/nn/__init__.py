@@ -1,7 +1,8 @@
 """Drop-in modules built on tforge ops, with PyTorch's constructors and
 state_dict keys where a PyTorch counterpart exists."""
 from tforge.nn.attention import Attention
+from tforge.nn.int8_linear import Int8Linear
 from tforge.nn.norm import LayerNorm, RMSNorm
 from tforge.nn.rotary import RotaryEmbedding, apply_rotary
 
-__all__ = ["Attention", "LayerNorm", "RMSNorm", "RotaryEmbedding", "apply_rotary"]
+__all__ = ["Attention", "Int8Linear", "LayerNorm", "RMSNorm", "RotaryEmbedding", "apply_rotary"]

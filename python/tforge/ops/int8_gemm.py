@@ -1,0 +1,241 @@
+"""Int8 (W8A8) matrix multiplication: symmetric per-token / per-channel
+quantisation, the exact int8 GEMM with int32 output, and the fused linear
+whose epilogue dequantises (row scale x column scale), adds the bias and casts.
+
+References: ``quantize_per_token_ref``, ``int8_matmul_ref`` (exact, via fp64,
+which represents every int32 partial sum of K <= 2^16 exactly) and
+``int8_linear_ref``. Inference only: these ops carry no autograd.
+Weights use nn.Linear's layout (out_features, in_features) = (N, K).
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from tforge import _backend, _native
+
+MAX_K = 1 << 16  # int32 accumulation is exact for K up to this (|a*b| <= 2^14)
+
+
+# ---------------------------------------------------------------- references
+
+def quantize_per_token_ref(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: scale = max|x_row| / 127, q = clamp(round(x / scale), -127, 127);
+    rows of zeros get scale 0 and q 0. Returns (q int8, scale fp32 of shape x.shape[:-1])."""
+    xf = x.float()
+    scale = xf.abs().amax(-1) / 127.0
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.round(xf / safe[..., None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def quantize_per_channel_ref(w: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-output-channel (per row of an (N, K) weight) symmetric int8."""
+    return quantize_per_token_ref(w)
+
+
+def int8_matmul_ref(a: Tensor, b: Tensor) -> Tensor:
+    """Exact a @ b.T in int32 for a (M, K), b (N, K) int8."""
+    return torch.matmul(a.double(), b.double().T).to(torch.int32)
+
+
+def int8_linear_ref(x_q: Tensor, x_scale: Optional[Tensor], w_q: Tensor, w_scale: Tensor,
+                    bias: Optional[Tensor] = None, out_dtype: torch.dtype = torch.float32) -> Tensor:
+    """cast(acc * x_scale[m] * w_scale[n] + bias[n]) with acc the exact int32 product."""
+    acc = int8_matmul_ref(x_q.reshape(-1, x_q.shape[-1]), w_q).float()
+    if x_scale is not None:
+        acc = acc * x_scale.reshape(-1, 1).float()
+    acc = acc * w_scale.float()[None, :]
+    if bias is not None:
+        acc = acc + bias.float()
+    return acc.to(out_dtype).reshape(*x_q.shape[:-1], w_q.shape[0])
+
+
+# ---------------------------------------------------------------- checks
+
+def _op_reason(name: str, device: torch.device) -> Optional[str]:
+    if name in ("cpu", "cuda") and not hasattr(_native.require(), f"int8_gemm_{name}"):
+        return f"backend {name!r} has no int8 kernels in this build of tforge._C"
+    return None
+
+
+def _resolve(t: Tensor, backend: Optional[str], dtype: Optional[torch.dtype] = None) -> str:
+    # int8 inputs: availability is checked against the float dtype the op works with
+    return _backend.resolve(t.device, dtype or torch.float32, backend, supports=lambda n: _op_reason(n, t.device))
+
+
+def _check_int8(op: str, name: str, t: Tensor, dims: int = 2) -> None:
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.int8:
+        raise ValueError(f"{op}: {name} must be an int8 tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if t.dim() != dims:
+        raise ValueError(f"{op}: {name} must be {dims}-D, got shape {tuple(t.shape)}")
+
+
+def _check_gemm(op: str, a: Tensor, b: Tensor) -> None:
+    _check_int8(op, "a", a)
+    _check_int8(op, "b", b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{op}: K mismatch: a is {tuple(a.shape)} (M, K) but b is {tuple(b.shape)} (N, K)")
+    if a.device != b.device:
+        raise ValueError(f"{op}: a is on {a.device} but b is on {b.device}")
+    if a.shape[1] > MAX_K:
+        raise ValueError(f"{op}: K = {a.shape[1]} exceeds {MAX_K}, beyond which int32 accumulation may overflow")
+
+
+def _rows(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 and (t.shape[0] <= 1 or t.stride(0) >= t.shape[1]) else t.contiguous()
+
+
+# ---------------------------------------------------------------- backends
+
+def _gemm_native(kind, a, b, out, c_i32, a_scale, b_scale, bias):
+    C = _native.require()
+    m, k = a.shape
+    kwargs = dict(a=a.data_ptr(), a_stride=a.stride(0) if m > 0 else k, b=b.data_ptr(),
+                  b_stride=b.stride(0) if b.shape[0] > 0 else k, M=m, N=b.shape[0], K=k,
+                  c_i32=_native.ptr(c_i32), c=_native.ptr(out),
+                  out_dtype=_native.DTYPE_CODES[out.dtype] if out is not None else 0,
+                  a_scale=_native.ptr(a_scale), b_scale=_native.ptr(b_scale), bias=_native.ptr(bias))
+    if kind == "cpu":
+        C.int8_gemm_cpu(**kwargs, threads=torch.get_num_threads())
+    else:
+        device, stream = _native.cuda_stream(a)
+        C.int8_gemm_cuda(**kwargs, device=device, stream=stream)
+
+
+def _quantize_native(kind, x2):
+    C = _native.require()
+    q = torch.empty(x2.shape, dtype=torch.int8, device=x2.device)
+    scale = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
+    kwargs = dict(x=x2.data_ptr(), x_stride=_native.row_stride(x2), rows=x2.shape[0], cols=x2.shape[1],
+                  dtype=_native.dtype_code(x2), q=q.data_ptr(), scale=scale.data_ptr())
+    if kind == "cpu":
+        C.quantize_rows_cpu(**kwargs, threads=torch.get_num_threads())
+    else:
+        device, stream = _native.cuda_stream(x2)
+        C.quantize_rows_cuda(**kwargs, device=device, stream=stream)
+    return q, scale
+
+
+# ---------------------------------------------------------------- custom ops
+
+@torch.library.custom_op("tforge::quantize_rows", mutates_args=())
+def _quantize_rows_op(x: Tensor, backend: str) -> Tuple[Tensor, Tensor]:
+    x2 = _native.as_rows(x, x.shape[-1])
+    if backend == "torch":
+        q, scale = quantize_per_token_ref(x2)
+    elif backend in ("cpu", "cuda"):
+        q, scale = _quantize_native(backend, x2)
+    elif backend == "triton":
+        from tforge.triton import int8 as tint8
+        q, scale = tint8.quantize_rows(x2)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return q.view(x.shape), scale.view(x.shape[:-1])
+
+
+@_quantize_rows_op.register_fake
+def _(x, backend):
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("tforge::int8_matmul", mutates_args=())
+def _int8_matmul_op(a: Tensor, b: Tensor, backend: str) -> Tensor:
+    a, b = _rows(a), _rows(b)
+    if backend == "torch":
+        return int8_matmul_ref(a, b)
+    if backend in ("cpu", "cuda"):
+        c = torch.empty(a.shape[0], b.shape[0], dtype=torch.int32, device=a.device)
+        _gemm_native(backend, a, b, None, c, None, None, None)
+        return c
+    if backend == "triton":
+        from tforge.triton import int8 as tint8
+        return tint8.int8_matmul(a, b)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+@_int8_matmul_op.register_fake
+def _(a, b, backend):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
+
+
+@torch.library.custom_op("tforge::int8_linear", mutates_args=())
+def _int8_linear_op(x_q: Tensor, x_scale: Optional[Tensor], w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor],
+                    out_dtype: torch.dtype, backend: str) -> Tensor:
+    a = _rows(x_q.reshape(-1, x_q.shape[-1]))
+    w = _rows(w_q)
+    a_scale = x_scale.reshape(-1).float().contiguous() if x_scale is not None else None
+    b_scale = w_scale.float().contiguous()
+    bias32 = bias.float().contiguous() if bias is not None else None
+    if backend == "torch":
+        out = int8_linear_ref(a, a_scale, w, b_scale, bias32, out_dtype)
+    elif backend in ("cpu", "cuda"):
+        out = torch.empty(a.shape[0], w.shape[0], dtype=out_dtype, device=a.device)
+        _gemm_native(backend, a, w, out, None, a_scale, b_scale, bias32)
+    elif backend == "triton":
+        from tforge.triton import int8 as tint8
+        out = tint8.int8_linear(a, a_scale, w, b_scale, bias32, out_dtype)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return out.reshape(*x_q.shape[:-1], w.shape[0])
+
+
+@_int8_linear_op.register_fake
+def _(x_q, x_scale, w_q, w_scale, bias, out_dtype, backend):
+    return x_q.new_empty((*x_q.shape[:-1], w_q.shape[0]), dtype=out_dtype)
+
+
+# ---------------------------------------------------------------- public API
+
+_OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def quantize_per_token(x: Tensor, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Symmetric per-token (per-row over the last dim) int8 quantisation of a float tensor:
+    returns (x_int8 shaped like x, scale fp32 shaped x.shape[:-1]); x ~= x_int8 * scale."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in _OUT_DTYPES:
+        raise ValueError(f"quantize_per_token: x must be float32/bfloat16/float16, got {getattr(x, 'dtype', x)}")
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f"quantize_per_token: x needs a non-empty last dimension, got shape {tuple(x.shape)}")
+    return _quantize_rows_op(x, _resolve(x, backend, x.dtype))
+
+
+def quantize_per_channel(w: Tensor, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Per-output-channel int8 for an (N, K) weight: (w_int8 (N, K), scale fp32 (N,))."""
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        raise ValueError(f"quantize_per_channel: w must be a 2-D (out_features, in_features) tensor, got "
+                         f"{tuple(getattr(w, 'shape', ()))}")
+    return quantize_per_token(w, backend=backend)
+
+
+def int8_matmul(a_int8: Tensor, b_int8: Tensor, *, backend: Optional[str] = None) -> Tensor:
+    """Exact int32 a @ b.T for a (M, K) and b (N, K) int8 (b in nn.Linear's weight layout)."""
+    _check_gemm("int8_matmul", a_int8, b_int8)
+    return _int8_matmul_op(a_int8, b_int8, _resolve(a_int8, backend))
+
+
+def int8_linear(x_int8: Tensor, x_scale: Optional[Tensor], w_int8: Tensor, w_scale: Tensor,
+                bias: Optional[Tensor] = None, out_dtype: torch.dtype = torch.float32, *,
+                backend: Optional[str] = None) -> Tensor:
+    """W8A8 linear: (x_int8 @ w_int8.T) * x_scale[:, None] * w_scale[None, :] + bias, cast to
+    out_dtype, with the dequantisation fused into the GEMM epilogue. x_int8 (..., K),
+    x_scale (...) fp32 or None (= 1), w_int8 (N, K), w_scale (N,), bias (N,) or None."""
+    op = "int8_linear"
+    if not isinstance(x_int8, torch.Tensor) or x_int8.dtype != torch.int8 or x_int8.dim() < 1:
+        raise ValueError(f"{op}: x_int8 must be an int8 tensor (..., K), got {getattr(x_int8, 'dtype', x_int8)}")
+    _check_gemm(op, x_int8.reshape(-1, x_int8.shape[-1]), w_int8)
+    n = w_int8.shape[0]
+    if x_scale is not None and tuple(x_scale.shape) != tuple(x_int8.shape[:-1]):
+        raise ValueError(f"{op}: x_scale must have shape {tuple(x_int8.shape[:-1])} (one per token), "
+                         f"got {tuple(x_scale.shape)}")
+    if not isinstance(w_scale, torch.Tensor) or tuple(w_scale.shape) != (n,):
+        raise ValueError(f"{op}: w_scale must have shape ({n},) (one per output channel), "
+                         f"got {tuple(getattr(w_scale, 'shape', ()))}")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"{op}: bias must have shape ({n},), got {tuple(bias.shape)}")
+    for name, t in (("x_scale", x_scale), ("w_scale", w_scale), ("bias", bias)):
+        if t is not None and t.device != x_int8.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but x_int8 is on {x_int8.device}")
+    if out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"{op}: out_dtype must be one of float32, bfloat16, float16, got {out_dtype}")
+    return _int8_linear_op(x_int8, x_scale, w_int8, w_scale, bias, out_dtype, _resolve(x_int8, backend, out_dtype))
