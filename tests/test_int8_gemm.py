@@ -199,3 +199,31 @@ def test_quantize_errors(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(Exception):
         load_compressed(_Tiny(), str(tmp_path / "bad.safetensors"))
+
+
+class _PostNorm(torch.nn.Module):
+    """BERT-style post-norm: the norm output feeds a Linear *and* the residual, so
+    folding SmoothQuant factors into the norm would change the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(48)
+        self.fc = torch.nn.Linear(48, 48)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return h + self.fc(h)
+
+
+def test_quantize_does_not_fold_into_norms_that_feed_a_residual():
+    torch.manual_seed(0)
+    model = _PostNorm()
+    x = torch.randn(24, 48)
+    x[:, 2] *= 30
+    ref = model(x).detach()
+    norm_weight = model.norm.weight.detach().clone()
+    report = quantize_(model, Int8Config(), calib_data=[x])
+    assert report["smoothed"] == {} and report["smoothed_at_runtime"] == ["fc"]
+    assert torch.equal(model.norm.weight, norm_weight)
+    assert model.fc.smooth is not None
+    assert sqnr_db(model(x).detach(), ref) >= 30

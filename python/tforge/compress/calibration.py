@@ -34,13 +34,17 @@ def select_linears(model: torch.nn.Module, skip: Iterable[str] = ()) -> dict[str
             if isinstance(mod, torch.nn.Linear) and not any(fnmatch.fnmatch(name, p) for p in skip)}
 
 
-def run_batch(model: torch.nn.Module, batch) -> None:
+def run_batch_output(model: torch.nn.Module, batch):
+    """model(batch) for a kwargs dict, an args tuple/list or a single tensor."""
     if isinstance(batch, dict):
-        model(**batch)
-    elif isinstance(batch, (tuple, list)):
-        model(*batch)
-    else:
-        model(batch)
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def run_batch(model: torch.nn.Module, batch) -> None:
+    run_batch_output(model, batch)
 
 
 @torch.no_grad()
