@@ -7,6 +7,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -73,12 +74,21 @@ class DeviceGuard {
   bool switched_ = false;
 };
 
-// Streaming multiprocessors of `device` (assumed valid).
+// Streaming multiprocessors of `device` (assumed valid), cached per device.
 inline int sm_count(int device, const char* op) {
+  constexpr int kCached = 64;
+  static std::atomic<int> cache[kCached] = {};
+  const bool cacheable = device >= 0 && device < kCached;
+  if (cacheable) {
+    const int v = cache[device].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
   int v = 0;
   check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device), op,
              "cudaDeviceGetAttribute(multiProcessorCount)");
-  return v > 0 ? v : 1;
+  if (v <= 0) v = 1;
+  if (cacheable) cache[device].store(v, std::memory_order_relaxed);
+  return v;
 }
 
 }  // namespace tforge::cuda
