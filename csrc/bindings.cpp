@@ -15,10 +15,13 @@
 #include "common/attention_args.h"
 #include "common/cpu_features.h"
 #include "common/norm_args.h"
+#include "common/int8_args.h"
 #include "cpu/attention.h"
+#include "cpu/int8.h"
 #include "cpu/norm.h"
 #if defined(TFORGE_WITH_CUDA)
 #include "cuda/attention.h"
+#include "cuda/int8.h"
 #include "cuda/norm.h"
 #endif
 
@@ -294,6 +297,80 @@ void def_attention(py::module_& m) {
   });
 }
 
+// ---- int8: GEMM (int32 out or fused dequantising epilogue) and per-row quantisation.
+
+tforge::Int8GemmArgs gemm_args(uintptr_t a, int64_t a_stride, uintptr_t b, int64_t b_stride, int64_t M, int64_t N,
+                               int64_t K, uintptr_t c_i32, uintptr_t c, int out_dtype, uintptr_t a_scale,
+                               uintptr_t b_scale, uintptr_t bias) {
+  tforge::Int8GemmArgs g;
+  g.a = ptr<const int8_t>(a);
+  g.a_stride = a_stride;
+  g.b = ptr<const int8_t>(b);
+  g.b_stride = b_stride;
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.c_i32 = ptr<int32_t>(c_i32);
+  g.c = ptr<void>(c);
+  g.out_dtype = out_dtype;
+  g.a_scale = ptr<const float>(a_scale);
+  g.b_scale = ptr<const float>(b_scale);
+  g.bias = ptr<const float>(bias);
+  return g;
+}
+
+tforge::QuantizeRowsArgs quant_args(uintptr_t x, int64_t x_stride, int64_t rows, int64_t cols, int dtype, uintptr_t q,
+                                    uintptr_t scale) {
+  tforge::QuantizeRowsArgs r;
+  r.x = ptr<const void>(x);
+  r.x_stride = x_stride;
+  r.rows = rows;
+  r.cols = cols;
+  r.dtype = dtype;
+  r.q = ptr<int8_t>(q);
+  r.scale = ptr<float>(scale);
+  return r;
+}
+
+#define TF_GEMM_ARGS                                                                                          \
+  py::arg("a"), py::arg("a_stride"), py::arg("b"), py::arg("b_stride"), py::arg("M"), py::arg("N"),           \
+      py::arg("K"), py::arg("c_i32"), py::arg("c"), py::arg("out_dtype"), py::arg("a_scale"), py::arg("b_scale"), \
+      py::arg("bias")
+#define TF_QUANT_ARGS \
+  py::arg("x"), py::arg("x_stride"), py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("q"), py::arg("scale")
+
+void def_int8(py::module_& m) {
+  m.def(
+      "int8_gemm_cpu",
+      [](uintptr_t a, int64_t as, uintptr_t b, int64_t bs, int64_t M, int64_t N, int64_t K, uintptr_t ci,
+         uintptr_t c, int od, uintptr_t asc, uintptr_t bsc, uintptr_t bias, int threads) {
+        tforge::cpu::int8_gemm(gemm_args(a, as, b, bs, M, N, K, ci, c, od, asc, bsc, bias), threads);
+      },
+      TF_GEMM_ARGS, py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "quantize_rows_cpu",
+      [](uintptr_t x, int64_t xs, int64_t rows, int64_t cols, int dtype, uintptr_t q, uintptr_t scale, int threads) {
+        tforge::cpu::quantize_rows(quant_args(x, xs, rows, cols, dtype, q, scale), threads);
+      },
+      TF_QUANT_ARGS, py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+#if defined(TFORGE_WITH_CUDA)
+  m.def(
+      "int8_gemm_cuda",
+      [](uintptr_t a, int64_t as, uintptr_t b, int64_t bs, int64_t M, int64_t N, int64_t K, uintptr_t ci,
+         uintptr_t c, int od, uintptr_t asc, uintptr_t bsc, uintptr_t bias, int device, uintptr_t stream) {
+        tforge::cuda::int8_gemm(gemm_args(a, as, b, bs, M, N, K, ci, c, od, asc, bsc, bias), device, stream);
+      },
+      TF_GEMM_ARGS, py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "quantize_rows_cuda",
+      [](uintptr_t x, int64_t xs, int64_t rows, int64_t cols, int dtype, uintptr_t q, uintptr_t scale, int device,
+         uintptr_t stream) {
+        tforge::cuda::quantize_rows(quant_args(x, xs, rows, cols, dtype, q, scale), device, stream);
+      },
+      TF_QUANT_ARGS, py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -301,6 +378,7 @@ PYBIND11_MODULE(_C, m) {
   def_norm(m, "layer_norm", false);
   def_norm(m, "rms_norm", true);
   def_attention(m);
+  def_int8(m);
 
   m.def("cpu_isa", &tforge::cpu_kernel_isa, "CPU kernel set chosen at run time: 'avx2' or 'scalar'");
 #if defined(TFORGE_WITH_CUDA)

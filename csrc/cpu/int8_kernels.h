@@ -1,0 +1,411 @@
+// Int8 kernels written once and compiled per ISA: the GEMM epilogue
+// (int8_store), quantize_rows and the row kernel of the GEMM (small M, B read
+// as it is). Included *inside* namespace tforge::cpu::<isa> (after <cstring>,
+// common/dtype.h and cpu/int8.h), after the ISA has defined:
+//   Vec, VecOne   fp32 vectors (vec_avx2.h / vec_one.h); Vec may be VecOne
+//   TFORGE_INT8_VEC_AVX2   if Vec is vec_avx2.h's (TU built with AVX2 and F16C):
+//                 the 8-wide hooks below are used, and F16C for fp16 tails;
+//                 otherwise fp16 is converted in software
+//   RowsK         the row kernel's inner step (see int8_rows_gemm below)
+//
+// Integer sums are taken modulo 2^32 (unsigned arithmetic in the scalar code,
+// wrapping vector adds in the SIMD code): a kernel may add an offset that it
+// subtracts afterwards (corr), and the result is exact whenever the true value
+// fits in int32 (K <= kInt8MaxK).
+
+namespace {
+
+// ---- fp16 <-> fp32, round to nearest even
+
+#if defined(TFORGE_INT8_VEC_AVX2)
+inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+inline uint16_t float_to_half(float f) {
+  return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#else
+inline uint32_t f32_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float bits_f32(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// IEEE half -> float (exact; NaNs are quieted, as F16C does).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0) {  // zero or subnormal: m * 2^-24, exact in fp32
+    const float v = static_cast<float>(m) * 5.9604644775390625e-8f;
+    return bits_f32(f32_bits(v) | sign);
+  }
+  if (e == 31) return bits_f32(sign | 0x7f800000u | (m << 13) | (m ? 0x00400000u : 0u));
+  return bits_f32(sign | ((e + 112) << 23) | (m << 13));
+}
+
+// float -> IEEE half, round to nearest even (overflow to inf, subnormals rounded
+// correctly, NaN kept a quiet NaN), as F16C's vcvtps2ph does.
+inline uint16_t float_to_half(float f) {
+  uint32_t u = f32_bits(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  u &= 0x7fffffffu;
+  uint16_t o;
+  if (u >= 0x47800000u) {  // |f| >= 65536 (rounds to inf), inf or NaN
+    o = u > 0x7f800000u ? static_cast<uint16_t>(0x7e00u | ((u >> 13) & 0x3ffu)) : 0x7c00u;
+  } else if (u < 0x38800000u) {  // below 2^-14: half subnormal or zero; the fp32 add rounds to nearest even
+    const float denorm_magic = 0.5f;  // 2^-1: its ulp is 2^-24, the half subnormal step
+    o = static_cast<uint16_t>(f32_bits(bits_f32(u) + denorm_magic) - f32_bits(denorm_magic));
+  } else {  // normal: rebias the exponent, round the 13 dropped mantissa bits to nearest even
+    const uint32_t odd = (u >> 13) & 1u;
+    u += (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu + odd;
+    o = static_cast<uint16_t>(u >> 13);  // may carry into the exponent: up to inf, as it should
+  }
+  return static_cast<uint16_t>(o | sign);
+}
+#endif
+
+#if defined(TFORGE_INT8_VEC_AVX2)
+// ---- 8-wide hooks (the one-lane versions below document them)
+inline Vec load_acc(Vec, const int32_t* p, int32_t sub) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return {_mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(sub)))};
+}
+inline void store_acc(Vec, int32_t* dst, const int32_t* p, int32_t sub) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_sub_epi32(v, _mm256_set1_epi32(sub)));
+}
+inline Vec load_f16(Vec, const uint16_t* p) {
+  return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+}
+inline void store_f16(uint16_t* p, Vec v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+inline Vec absmax_acc(Vec acc, Vec x) {
+  const __m256i b = _mm256_and_si256(_mm256_castps_si256(x.v), _mm256_set1_epi32(0x7fffffff));
+  return {_mm256_castsi256_ps(_mm256_max_epi32(_mm256_castps_si256(acc.v), b))};
+}
+inline float absmax_h(Vec acc) {
+  __m128i m = _mm_max_epi32(_mm256_castsi256_si128(_mm256_castps_si256(acc.v)),
+                            _mm256_extracti128_si256(_mm256_castps_si256(acc.v), 1));
+  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4e));
+  m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0xb1));
+  return _mm_cvtss_f32(_mm_castsi128_ps(m));
+}
+inline Vec vdiv(Vec a, Vec b) { return {_mm256_div_ps(a.v, b.v)}; }
+
+// Packing helper: 8 x 8 transpose of 32-bit lanes.
+inline void transpose8_epi32(__m256i* r) {
+  __m256 x[8];
+  for (int i = 0; i < 8; ++i) x[i] = _mm256_castsi256_ps(r[i]);
+  const __m256 t0 = _mm256_unpacklo_ps(x[0], x[1]), t1 = _mm256_unpackhi_ps(x[0], x[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(x[2], x[3]), t3 = _mm256_unpackhi_ps(x[2], x[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(x[4], x[5]), t5 = _mm256_unpackhi_ps(x[4], x[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(x[6], x[7]), t7 = _mm256_unpackhi_ps(x[6], x[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_castps_si256(_mm256_permute2f128_ps(s0, s4, 0x20));
+  r[1] = _mm256_castps_si256(_mm256_permute2f128_ps(s1, s5, 0x20));
+  r[2] = _mm256_castps_si256(_mm256_permute2f128_ps(s2, s6, 0x20));
+  r[3] = _mm256_castps_si256(_mm256_permute2f128_ps(s3, s7, 0x20));
+  r[4] = _mm256_castps_si256(_mm256_permute2f128_ps(s0, s4, 0x31));
+  r[5] = _mm256_castps_si256(_mm256_permute2f128_ps(s1, s5, 0x31));
+  r[6] = _mm256_castps_si256(_mm256_permute2f128_ps(s2, s6, 0x31));
+  r[7] = _mm256_castps_si256(_mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
+// q[0..8) = clamp(round_half_even(v), -127, 127); v finite.
+inline void store_q(int8_t* q, Vec v) {
+  __m256 r = _mm256_round_ps(v.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-127.f)), _mm256_set1_ps(127.f));
+  const __m256i i = _mm256_cvtps_epi32(r);
+  const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_packs_epi16(w, w));
+}
+#endif
+
+inline int32_t wrap_sub(int32_t x, int32_t y) {
+  return static_cast<int32_t>(static_cast<uint32_t>(x) - static_cast<uint32_t>(y));
+}
+inline int32_t wrap_add(int32_t x, int32_t y) {
+  return static_cast<int32_t>(static_cast<uint32_t>(x) + static_cast<uint32_t>(y));
+}
+
+// ---- one-lane hooks (the tails of the vector loops, and the whole of the scalar ISA)
+
+// float(p[0] - sub)
+inline VecOne load_acc(VecOne, const int32_t* p, int32_t sub) { return {static_cast<float>(wrap_sub(*p, sub))}; }
+inline void store_acc(VecOne, int32_t* dst, const int32_t* p, int32_t sub) { *dst = wrap_sub(*p, sub); }
+inline VecOne load_f16(VecOne, const uint16_t* p) { return {half_to_float(*p)}; }
+inline void store_f16(uint16_t* p, VecOne v) { *p = float_to_half(v.v); }
+
+// Running max of |x| computed on the bit patterns (sign cleared): for non-negative
+// floats the integer order is the float order, and NaN (above +inf) wins whatever
+// the order of the operands, so a row with a NaN gets a NaN absmax on every ISA.
+inline VecOne absmax_acc(VecOne acc, VecOne x) {
+  uint32_t a, b;
+  __builtin_memcpy(&a, &acc.v, 4);
+  __builtin_memcpy(&b, &x.v, 4);
+  b &= 0x7fffffffu;
+  const uint32_t m = a > b ? a : b;
+  VecOne r;
+  __builtin_memcpy(&r.v, &m, 4);
+  return r;
+}
+inline float absmax_h(VecOne acc) { return acc.v; }
+inline VecOne vdiv(VecOne a, VecOne b) { return {a.v / b.v}; }
+
+// q[0] = clamp(round_half_even(v), -127, 127); v is finite. Clamping first is the
+// same (the bounds are integers); then |v| <= 127 and adding and subtracting
+// 1.5 * 2^23 rounds to an integer, to nearest even (the default FP environment).
+inline void store_q(int8_t* q, VecOne v) {
+  float c = v.v > -127.f ? v.v : -127.f;
+  c = c < 127.f ? c : 127.f;
+  const float r = (c + 12582912.f) - 12582912.f;
+  *q = static_cast<int8_t>(static_cast<int>(r));
+}
+
+// v, opaque to the optimiser: a product passed through it cannot be contracted with
+// the following add into an FMA (GCC contracts by default in C++, and only the ISAs
+// with FMA would), so every ISA rounds the epilogue the same way.
+template <class V>
+inline V no_contract(V v) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __asm__("" : "+x"(v.v));
+#elif defined(__GNUC__) && defined(__aarch64__)
+  __asm__("" : "+w"(v.v));
+#endif
+  return v;
+}
+
+// f(V{}, i) over [0, n): Vec-wide steps, then one-lane steps for the tail.
+template <class F>
+inline void i8_vec_loop(int64_t n, F&& f) {
+  int64_t i = 0;
+  if constexpr (Vec::W > 1)
+    for (; i + Vec::W <= n; i += Vec::W) f(Vec{}, i);
+  for (; i < n; ++i) f(VecOne{}, i);
+}
+
+template <int DT, class V>
+inline V load_x(V tag, const void* p, int64_t i) {
+  if constexpr (DT == kFloat32) return V::load(static_cast<const float*>(p) + i);
+  else if constexpr (DT == kBFloat16) return V::load(static_cast<const uint16_t*>(p) + i);
+  else return load_f16(tag, static_cast<const uint16_t*>(p) + i);
+}
+
+template <int DT, class V>
+inline void store_out(void* p, int64_t i, V v) {
+  if constexpr (DT == kFloat32) V::store(static_cast<float*>(p) + i, v);
+  else if constexpr (DT == kBFloat16) V::store(static_cast<uint16_t*>(p) + i, v);
+  else store_f16(static_cast<uint16_t*>(p) + i, v);
+}
+
+// ---- epilogue
+
+template <int DT, bool HAS_BIAS>
+void store_fused(const Int8GemmArgs& a, const int32_t* acc, int64_t ldc, int64_t m0, int64_t rows, int64_t n0,
+                 int64_t cols, const int32_t* corr) {
+  const size_t esize = DT == kFloat32 ? 4 : 2;
+  const float* bs = a.b_scale + n0;
+  const float* bias = a.bias + (HAS_BIAS ? n0 : 0);
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t m = m0 + i;
+    const int32_t* src = acc + i * ldc;
+    const int32_t sub = corr ? corr[i] : 0;
+    const float as = a.a_scale ? a.a_scale[m] : 1.f;
+    void* out = static_cast<char*>(a.c) + (m * a.N + n0) * esize;
+    // (acc * a_scale) * b_scale + bias, in that order and without FMA, on every ISA
+    i8_vec_loop(cols, [&](auto tag, int64_t j) {
+      using V = decltype(tag);
+      V v = no_contract(load_acc(tag, src + j, sub) * V::set1(as) * V::load(bs + j));
+      if constexpr (HAS_BIAS) v = v + V::load(bias + j);
+      store_out<DT>(out, j, v);
+    });
+  }
+}
+
+// ---- quantize_rows
+
+template <int DT>
+void quantize_rows_t(const QuantizeRowsArgs& a, int64_t r0, int64_t r1) {
+  const int64_t n = a.cols;
+  const size_t esize = DT == kFloat32 ? 4 : 2;
+  for (int64_t r = r0; r < r1; ++r) {
+    const void* x = static_cast<const char*>(a.x) + r * a.x_stride * esize;
+    int8_t* q = a.q + r * n;
+    // pass 1: max |x|
+    float amax = 0.f;
+    {
+      int64_t i = 0;
+      if constexpr (Vec::W > 1) {
+        Vec m0 = Vec::zero(), m1 = Vec::zero();
+        for (; i + 2 * Vec::W <= n; i += 2 * Vec::W) {
+          m0 = absmax_acc(m0, load_x<DT>(Vec{}, x, i));
+          m1 = absmax_acc(m1, load_x<DT>(Vec{}, x, i + Vec::W));
+        }
+        for (; i + Vec::W <= n; i += Vec::W) m0 = absmax_acc(m0, load_x<DT>(Vec{}, x, i));
+        amax = absmax_h(absmax_acc(m0, m1));
+      }
+      VecOne m = VecOne::set1(amax);
+      for (; i < n; ++i) m = absmax_acc(m, load_x<DT>(VecOne{}, x, i));
+      amax = m.v;
+    }
+    const float scale = amax / 127.f;
+    a.scale[r] = scale;
+    // Rows of zeros (or whose max underflows to a zero scale) get q = 0; so do rows
+    // with an inf (scale inf: every finite x rounds to 0) or a NaN (scale NaN).
+    if (!(scale > 0.f && scale <= 3.40282347e38f)) {
+      std::memset(q, 0, static_cast<size_t>(n));
+      continue;
+    }
+    // pass 2: q = clamp(round_half_even(x / scale)); a true division, as the reference does
+    i8_vec_loop(n, [&](auto tag, int64_t i) {
+      using V = decltype(tag);
+      store_q(q + i, vdiv(load_x<DT>(tag, x, i), V::set1(scale)));
+    });
+  }
+}
+
+// ---- row kernel
+// prep: M rows of RowsK::row_bytes(K) bytes (A converted for RowsK::load_a, in
+// chunks of RowsK::CH values of k, the last one partial), then int32 corr[M]
+// if RowsK::kRowCorr (subtracted from every accumulator of the row).
+// RowsK provides:
+//   CH, KB (chunks per K block), NB (columns per tile), kRowCorr, nr_for(mr)
+//   Acc, A, B types; zero(), load_a(row, chunk), load_b(b_row, chunk),
+//   load_b_tail(b_row, K) (the partial last chunk), dot(acc, a, b), hsum(acc)
+//   row_bytes(K), prep_row(a_row, K, dst, corr)
+
+constexpr int64_t kRowsMB = 16;  // rows of A per tile of the row kernel
+
+inline int64_t rows_prep_rows_bytes(int64_t M, int64_t K) {
+  return (M * RowsK::row_bytes(K) + 63) / 64 * 64;
+}
+
+// tile[i * ldt + j] += sum over chunks [c0, c1) of row i of prep x row j of b, for
+// i < MR, j < nvalid (the pointers of rows past nvalid repeat a valid row).
+template <int MR, int NR>
+inline void rows_block(const char* prep, int64_t prow_bytes, const int8_t* const* brow, int64_t K, int64_t c0,
+                       int64_t c1, int32_t* tile, int64_t ldt, int nvalid) {
+  const int64_t nfull = K / RowsK::CH;
+  typename RowsK::Acc acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = RowsK::zero();
+  const int64_t cf = c1 < nfull ? c1 : nfull;
+  for (int64_t c = c0; c < cf; ++c) {
+    typename RowsK::B b[NR];
+    for (int j = 0; j < NR; ++j) b[j] = RowsK::load_b(brow[j], c);
+    for (int i = 0; i < MR; ++i) {
+      const typename RowsK::A av = RowsK::load_a(prep + i * prow_bytes, c);
+      for (int j = 0; j < NR; ++j) acc[i][j] = RowsK::dot(acc[i][j], av, b[j]);
+    }
+  }
+  if (c1 > nfull) {  // the partial last chunk
+    typename RowsK::B b[NR];
+    for (int j = 0; j < NR; ++j) b[j] = RowsK::load_b_tail(brow[j], K);
+    for (int i = 0; i < MR; ++i) {
+      const typename RowsK::A av = RowsK::load_a(prep + i * prow_bytes, nfull);
+      for (int j = 0; j < NR; ++j) acc[i][j] = RowsK::dot(acc[i][j], av, b[j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j)
+      if (j < nvalid) tile[i * ldt + j] = wrap_add(tile[i * ldt + j], RowsK::hsum(acc[i][j]));
+}
+
+template <int MR>
+inline void rows_strip(const Int8GemmArgs& a, const char* prep, int64_t prow_bytes, int64_t n0, int64_t cols,
+                       int64_t c0, int64_t c1, int32_t* tile, int64_t ldt) {
+  constexpr int NR = RowsK::nr_for(MR);
+  for (int64_t j0 = 0; j0 < cols; j0 += NR) {
+    const int nvalid = static_cast<int>(cols - j0 < NR ? cols - j0 : NR);
+    const int8_t* brow[NR];
+    for (int j = 0; j < NR; ++j) brow[j] = a.b + (n0 + j0 + (j < nvalid ? j : nvalid - 1)) * a.b_stride;
+    rows_block<MR, NR>(prep, prow_bytes, brow, a.K, c0, c1, tile + j0, ldt, nvalid);
+  }
+}
+
+}  // namespace
+
+void int8_store(const Int8GemmArgs& a, const int32_t* acc, int64_t ldc, int64_t m0, int64_t rows, int64_t n0,
+                int64_t cols, const int32_t* corr) {
+  if (a.c_i32) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const int32_t* src = acc + i * ldc;
+      const int32_t sub = corr ? corr[i] : 0;
+      int32_t* dst = a.c_i32 + (m0 + i) * a.N + n0;
+      i8_vec_loop(cols, [&](auto tag, int64_t j) { store_acc(tag, dst + j, src + j, sub); });
+    }
+    return;
+  }
+  const bool bias = a.bias != nullptr;
+  switch (a.out_dtype) {
+    case kFloat32:
+      bias ? store_fused<kFloat32, true>(a, acc, ldc, m0, rows, n0, cols, corr)
+           : store_fused<kFloat32, false>(a, acc, ldc, m0, rows, n0, cols, corr);
+      break;
+    case kBFloat16:
+      bias ? store_fused<kBFloat16, true>(a, acc, ldc, m0, rows, n0, cols, corr)
+           : store_fused<kBFloat16, false>(a, acc, ldc, m0, rows, n0, cols, corr);
+      break;
+    default:
+      bias ? store_fused<kFloat16, true>(a, acc, ldc, m0, rows, n0, cols, corr)
+           : store_fused<kFloat16, false>(a, acc, ldc, m0, rows, n0, cols, corr);
+      break;
+  }
+}
+
+void quantize_rows_range(const QuantizeRowsArgs& a, int64_t r0, int64_t r1) {
+  switch (a.dtype) {
+    case kFloat32: quantize_rows_t<kFloat32>(a, r0, r1); break;
+    case kBFloat16: quantize_rows_t<kBFloat16>(a, r0, r1); break;
+    default: quantize_rows_t<kFloat16>(a, r0, r1); break;
+  }
+}
+
+size_t int8_rows_prep_bytes(int64_t M, int64_t K) {
+  return static_cast<size_t>(rows_prep_rows_bytes(M, K) + M * 4);
+}
+
+void int8_rows_prep(const Int8GemmArgs& a, void* prep) {
+  const int64_t rb = RowsK::row_bytes(a.K);
+  char* p = static_cast<char*>(prep);
+  int32_t* corr = reinterpret_cast<int32_t*>(p + rows_prep_rows_bytes(a.M, a.K));
+  for (int64_t m = 0; m < a.M; ++m) RowsK::prep_row(a.a + m * a.a_stride, a.K, p + m * rb, corr + m);
+}
+
+void int8_rows_gemm(const Int8GemmArgs& a, const void* prep, int64_t n0, int64_t n1) {
+  constexpr int64_t NB = RowsK::NB;
+  const int64_t rb = RowsK::row_bytes(a.K);
+  const char* p = static_cast<const char*>(prep);
+  const int32_t* corr =
+      RowsK::kRowCorr ? reinterpret_cast<const int32_t*>(p + rows_prep_rows_bytes(a.M, a.K)) : nullptr;
+  const int64_t nchunks = (a.K + RowsK::CH - 1) / RowsK::CH;
+  alignas(64) int32_t tile[kRowsMB * NB];
+  for (int64_t nb0 = n0; nb0 < n1; nb0 += NB) {
+    const int64_t cols = n1 - nb0 < NB ? n1 - nb0 : NB;
+    for (int64_t mb0 = 0; mb0 < a.M; mb0 += kRowsMB) {
+      const int64_t rows = a.M - mb0 < kRowsMB ? a.M - mb0 : kRowsMB;
+      for (int64_t i = 0; i < rows * NB; ++i) tile[i] = 0;
+      for (int64_t c0 = 0; c0 < nchunks; c0 += RowsK::KB) {
+        const int64_t c1 = nchunks - c0 < RowsK::KB ? nchunks : c0 + RowsK::KB;
+        for (int64_t i0 = 0; i0 < rows;) {
+          const char* pr = p + (mb0 + i0) * rb;
+          int32_t* t = tile + i0 * NB;
+          switch (rows - i0) {
+            case 1: rows_strip<1>(a, pr, rb, nb0, cols, c0, c1, t, NB); i0 += 1; break;
+            case 2: rows_strip<2>(a, pr, rb, nb0, cols, c0, c1, t, NB); i0 += 2; break;
+            case 3: rows_strip<3>(a, pr, rb, nb0, cols, c0, c1, t, NB); i0 += 3; break;
+            default: rows_strip<4>(a, pr, rb, nb0, cols, c0, c1, t, NB); i0 += 4; break;
+          }
+        }
+      }
+      int8_store(a, tile, NB, mb0, rows, nb0, cols, corr ? corr + mb0 : nullptr);
+    }
+  }
+}
