@@ -37,6 +37,8 @@ test: install
 bench: install
 	$(PYBIN) benchmarks/bench_layer_norm.py
 	$(PYBIN) benchmarks/bench_rms_norm.py
+	$(PYBIN) benchmarks/bench_attention.py
+	$(PYBIN) benchmarks/bench_int8_gemm.py
 
 # Until the training layer lands, the demo is `tforge info` plus the norm benchmark at a small size.
 demo: install

@@ -22,11 +22,14 @@ stamp "build" | tee "$OUT/gpu_check.log"
 $PY -m tforge.cli info --json > "$OUT/info.json" 2>&1 || status=1
 
 stamp "GPU tests" | tee -a "$OUT/gpu_check.log"
-timeout 240 $PY -m pytest -q -m gpu -p no:cacheprovider tests/ > "$OUT/gpu_tests.log" 2>&1 || status=1
+timeout 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/ > "$OUT/gpu_tests.log" 2>&1 || status=1
 tail -n 3 "$OUT/gpu_tests.log" | tee -a "$OUT/gpu_check.log"
 
 stamp "benchmarks" | tee -a "$OUT/gpu_check.log"
-timeout 150 $PY benchmarks/bench_layer_norm.py --out "$OUT" --dtypes bf16 --repeats 20 >> "$OUT/bench.log" 2>&1 || status=1
-timeout 100 $PY benchmarks/bench_rms_norm.py --out "$OUT" --dtypes bf16 --repeats 20 >> "$OUT/bench.log" 2>&1 || status=1
+bench() { local t=$1; shift; timeout "$t" $PY "$@" --out "$OUT" >> "$OUT/bench.log" 2>&1 || { status=1; echo "FAILED or timed out: $*" >> "$OUT/bench.log"; }; }
+bench 60 benchmarks/bench_layer_norm.py --dtypes bf16 --repeats 10
+bench 30 benchmarks/bench_rms_norm.py --dtypes bf16 --repeats 10 --shapes 16384x4096
+bench 80 benchmarks/bench_attention.py --repeats 10 --max-seconds 4
+bench 50 benchmarks/bench_int8_gemm.py --repeats 10 --max-seconds 4
 stamp "done, status $status" | tee -a "$OUT/gpu_check.log"
 exit $status
