@@ -31,6 +31,10 @@
 // NaN appears; such rows end with out = 0, lse = -inf, and the backward turns
 // their lse into +inf so that P = 0 and every gradient term vanishes.
 
+// Everything but the entry points at the end has internal linkage: other kernel families share this ISA
+// namespace, and same-named inline helpers must not collide across translation units.
+namespace {
+
 constexpr int kMR = 6;                        // micro-kernel rows
 constexpr int kNV = Vec::W == 1 ? 4 : 2;      // micro-kernel vectors per row
 constexpr int64_t kBQ = kAttnBlockQ;          // query block; also the leading dimension of [.][i] buffers
@@ -218,11 +222,6 @@ inline size_t carve(float* base, int64_t D, bool bwd, int64_t acc_rows, int64_t 
   w->kp = take(pack_rows * D);
   w->vp = take(pack_rows * D);
   return off;
-}
-
-size_t attn_workspace_floats(int64_t head_dim, bool bwd, int64_t acc_rows, int64_t pack_rows) {
-  Ws w;
-  return carve(nullptr, head_dim, bwd, acc_rows, pack_rows, &w);
 }
 
 // rows x D (row stride ld, elements T) -> fp32 contiguous [rows][ldo], columns [D, ldo) zeroed.
@@ -461,12 +460,6 @@ void fwd_task_t(const AttnFwdArgs& a, const AttnSeq& s, int64_t b, int64_t h0, i
   }
 }
 
-void attn_fwd_task(const AttnFwdArgs& a, const AttnSeq& s, int64_t b, int64_t h0, int64_t h1, int64_t i0,
-                   int64_t i1, bool pack, float* ws) {
-  if (a.p.dtype == kFloat32) fwd_task_t<float>(a, s, b, h0, h1, i0, i1, pack, ws);
-  else fwd_task_t<uint16_t>(a, s, b, h0, h1, i0, i1, pack, ws);
-}
-
 // ---------------------------------------------------------------- backward
 
 template <class T>
@@ -485,11 +478,6 @@ void delta_t(const AttnBwdArgs& a, const AttnSeq& s, int64_t b, int64_t h, float
     for (; d < D; ++d) t += VecOne::load(x + d).v * VecOne::load(y + d).v;
     dl[i] = t;
   }
-}
-
-void attn_bwd_delta(const AttnBwdArgs& a, const AttnSeq& s, int64_t b, int64_t h, float* delta) {
-  if (a.p.dtype == kFloat32) delta_t<float>(a, s, b, h, delta);
-  else delta_t<uint16_t>(a, s, b, h, delta);
 }
 
 // Query block [i0, i0 + ni) of q head h, packed for the backward: Q^T (scaled, log2 units), dO^T, and lse (log2
@@ -631,6 +619,26 @@ void bwd_head_t(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, int6
   }
   store_rows(w.dk, Dp, sk, D, p.softmax_scale, head_of<T>(a.dk, b, s.k_off, hk), a.dk.seq_stride);
   store_rows(w.dv, Dp, sk, D, 1.f, head_of<T>(a.dv, b, s.k_off, hk), a.dv.seq_stride);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- entry points (see attention.h)
+
+size_t attn_workspace_floats(int64_t head_dim, bool bwd, int64_t acc_rows, int64_t pack_rows) {
+  Ws w;
+  return carve(nullptr, head_dim, bwd, acc_rows, pack_rows, &w);
+}
+
+void attn_fwd_task(const AttnFwdArgs& a, const AttnSeq& s, int64_t b, int64_t h0, int64_t h1, int64_t i0,
+                   int64_t i1, bool pack, float* ws) {
+  if (a.p.dtype == kFloat32) fwd_task_t<float>(a, s, b, h0, h1, i0, i1, pack, ws);
+  else fwd_task_t<uint16_t>(a, s, b, h0, h1, i0, i1, pack, ws);
+}
+
+void attn_bwd_delta(const AttnBwdArgs& a, const AttnSeq& s, int64_t b, int64_t h, float* delta) {
+  if (a.p.dtype == kFloat32) delta_t<float>(a, s, b, h, delta);
+  else delta_t<uint16_t>(a, s, b, h, delta);
 }
 
 void attn_bwd_head(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, int64_t b, int64_t hk, bool pack,
