@@ -222,3 +222,18 @@ def test_nn_attention_packed_equals_padded():
     torch.testing.assert_close(packed[5:], m(b)[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         tforge.nn.Attention(32, 4, num_kv_heads=3)
+
+
+def test_attention_scalar_cpu_kernels(monkeypatch):
+    """The fallback kernel set (CPUs without AVX2) gives the same results."""
+    if _head_dim_reason("cpu", 40, torch.float32):
+        pytest.skip(_head_dim_reason("cpu", 40, torch.float32))
+    monkeypatch.setenv("TFORGE_CPU_ISA", "scalar")
+    q, k, v = (torch.randn(2, 37, 4, 40, requires_grad=True) for _ in range(3))
+    out = tforge.attention(q, k, v, causal=True, backend="cpu")
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    ref = attention_ref(q, k, v, causal=True)
+    ref_grads = torch.autograd.grad(ref.sum(), (q, k, v))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)

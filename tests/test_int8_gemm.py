@@ -227,3 +227,16 @@ def test_quantize_does_not_fold_into_norms_that_feed_a_residual():
     assert torch.equal(model.norm.weight, norm_weight)
     assert model.fc.smooth is not None
     assert sqnr_db(model(x).detach(), ref) >= 30
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_int8_cpu_kernel_sets(monkeypatch, isa):
+    """Each CPU kernel set (forced by TFORGE_CPU_ISA) is exact."""
+    _require("cpu")
+    monkeypatch.setenv("TFORGE_CPU_ISA", isa)
+    a = torch.randint(-128, 128, (19, 70), dtype=torch.int8)
+    b = torch.randint(-128, 128, (23, 70), dtype=torch.int8)
+    assert torch.equal(int8_matmul(a, b, backend="cpu"), int8_matmul_ref(a, b))
+    x = torch.randn(5, 70)
+    q, s = quantize_per_token(x, backend="cpu")
+    torch.testing.assert_close(s, quantize_per_token_ref(x)[1])
