@@ -6,7 +6,8 @@
 //     K blocks in a thread-private int32 block and storing it through the
 //     epilogue.
 //   GEMM, row kernel (small M, K == 0, the scalar ISA): the rows of A are
-//     converted once, then one task per rows_nb columns of C.
+//     converted once, then one task per block of kInt8RowsMT rows x rows_nb
+//     columns of C (for small M: a split over N).
 //   quantize_rows: contiguous blocks of rows per thread.
 // Results do not depend on the thread count (exact integer sums, elementwise
 // epilogue).
@@ -27,12 +28,15 @@
 namespace tforge::cpu {
 namespace {
 
+// The AVX-512 VNNI kernels (int8_avx512vnni.cpp) are built on x86 alongside the AVX2
+// ones; define TFORGE_NO_AVX512VNNI to leave them out (a compiler without -mavx512vnni).
 #if defined(TFORGE_HAVE_X86) && !defined(TFORGE_NO_AVX512VNNI)
 #define TFORGE_INT8_VNNI 1
 #endif
 
 enum class Isa { kScalar, kAvx2, kAvx512Vnni };
 
+// __builtin_cpu_supports also checks that the OS saves the AVX-512 state (XCR0).
 bool cpu_has_avx512vnni() {
 #if defined(TFORGE_INT8_VNNI)
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -43,6 +47,8 @@ bool cpu_has_avx512vnni() {
 #endif
 }
 
+// TFORGE_CPU_ISA: "scalar" forces the portable kernels (cpu_has_avx2_fma says no),
+// "avx2" caps the choice at AVX2; anything else (or unset) takes the best the CPU has.
 Isa pick_isa() {
   if (!cpu_has_avx2_fma()) return Isa::kScalar;  // also TFORGE_CPU_ISA=scalar
   const char* force = std::getenv("TFORGE_CPU_ISA");
@@ -127,24 +133,30 @@ Workspace& thread_workspace() {
   return ws;
 }
 
-// Threads worth using for `work` units, at least `grain` per thread, never more than `tasks`.
-int pick_threads(int threads, int64_t work, int64_t grain, int64_t tasks) {
-  const int64_t by_work = std::max<int64_t>(1, work / grain);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, by_work, tasks})));
+// Threads worth using for `work` units (a double: M * N * K may be large), at least
+// `grain` per thread, never more than `tasks`.
+int pick_threads(int threads, double work, double grain, int64_t tasks) {
+  const double by_work = std::max(1.0, std::min(work / grain, static_cast<double>(threads)));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, static_cast<int64_t>(by_work), tasks})));
 }
 
-constexpr int64_t kGemmGrain = int64_t{1} << 20;  // multiply-adds per thread, at least
+// Multiply-adds per thread, at least (about 5-20 us of kernel time): M = 1 decode shapes
+// such as 4096 x 4096 still use every thread, as the brief asks of small M.
+constexpr double kGemmGrain = 1 << 20;
 
 void gemm_rows(const Int8GemmArgs& a, const Kernels& k, int threads) {
   Workspace& ws = thread_workspace();
   TrimOnExit trim{ws};
   void* prep = ws.get(k.rows_prep_bytes(a.M, a.K));
   k.rows_prep(a, prep);
-  const int64_t nb = k.t.rows_nb;
-  const int64_t tasks = ceil_div(a.N, nb);
-  const int nt = pick_threads(threads, a.M * a.N * std::max<int64_t>(a.K, 16), kGemmGrain, tasks);
+  const int64_t nb = k.t.rows_nb, mt = kInt8RowsMT;
+  const int64_t tn = ceil_div(a.N, nb), tasks = ceil_div(a.M, mt) * tn;
+  const int nt = pick_threads(threads, static_cast<double>(a.M) * a.N * std::max<int64_t>(a.K, 16), kGemmGrain, tasks);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t t = 0; t < tasks; ++t) k.rows_gemm(a, prep, t * nb, std::min(a.N, (t + 1) * nb));
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t m0 = t / tn * mt, n0 = t % tn * nb;
+    k.rows_gemm(a, prep, m0, std::min(a.M, m0 + mt), n0, std::min(a.N, n0 + nb));
+  }
 }
 
 void gemm_packed(const Int8GemmArgs& a, const Kernels& k, int threads) {
@@ -155,7 +167,7 @@ void gemm_packed(const Int8GemmArgs& a, const Kernels& k, int threads) {
   const int64_t a_panel = round_up(Kp * T.mr * T.a_elem, 64), b_panel = round_up(Kp * T.nr * T.b_elem, 64);
   const int64_t mc = std::min(T.mc, pa * T.mr), nc = std::min(T.nc, pb * T.nr);
   const int64_t tm = ceil_div(M, mc), tn = ceil_div(N, nc), tasks = tm * tn;
-  const int nt = pick_threads(threads, M * N * K, kGemmGrain, tasks);
+  const int nt = pick_threads(threads, static_cast<double>(M) * N * K, kGemmGrain, tasks);
   const int64_t c_block = round_up(mc * nc * 4, 64);
 
   Workspace& ws = thread_workspace();
@@ -250,7 +262,7 @@ void quantize_rows(const QuantizeRowsArgs& a, int threads) {
   TF_CHECK_ARG(a.scale != nullptr, op, ": scale is a null pointer");
 
   const Kernels& k = kernels(pick_isa());
-  const int nt = pick_threads(threads, a.rows * a.cols, 16384, a.rows);
+  const int nt = pick_threads(threads, static_cast<double>(a.rows) * a.cols, 16384, a.rows);
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), n = omp_get_num_threads();

@@ -5,6 +5,11 @@
 // work over OpenMP threads; int8_<isa>.cpp hold the kernels (the parts written
 // once over a vector type are in int8_kernels.h).
 //
+// ISAs: scalar (portable), avx2 (AVX2 + FMA + F16C; vpmaddwd on int16) and
+// avx512vnni (AVX-512 F/BW/VL + VNNI; vpdpbusd), picked at run time (see
+// int8_kernel_isa). int8_avx512vnni.cpp is built on x86 next to int8_avx2.cpp
+// unless TFORGE_NO_AVX512VNNI is defined.
+//
 // Two GEMM paths:
 //   packed (M > Int8Tiling::rows_max_m): A and B are repacked once per call into
 //     micro-panels (mr rows of A / nr columns of B, K padded to a multiple of ku),
@@ -36,8 +41,10 @@ struct Int8Tiling {
   int64_t mc = 0, nc = 0;     // M / N block of one task (multiples of mr / nr)
   bool row_corr = false;      // int8_pack_a returns corr[m], to subtract from the accumulators
   int64_t rows_max_m = 0;     // M <= rows_max_m: row kernel instead of the packed path
-  int64_t rows_nb = 0;        // row kernel: columns per task
+  int64_t rows_nb = 0;        // row kernel: columns per task (rows per task: kInt8RowsMT)
 };
+
+constexpr int64_t kInt8RowsMT = 64;  // row kernel: rows per task (a multiple of its 16-row tiles)
 
 // Per-ISA kernels (scalar, avx2 and avx512vnni namespaces).
 #define TFORGE_INT8_ISA_DECLS                                                                              \
@@ -48,10 +55,11 @@ struct Int8Tiling {
   void int8_store(const Int8GemmArgs& a, const int32_t* acc, int64_t ldc, int64_t m0, int64_t rows,        \
                   int64_t n0, int64_t cols, const int32_t* corr);                                          \
   /* Row kernel: int8_rows_prep converts all M rows of A into prep (int8_rows_prep_bytes(M, K) bytes,      \
-     64-byte aligned); int8_rows_gemm then writes every row of output columns [n0, n1). */                \
+     64-byte aligned); int8_rows_gemm then writes output rows [m0, m1) x columns [n0, n1). */             \
   size_t int8_rows_prep_bytes(int64_t M, int64_t K);                                                       \
   void int8_rows_prep(const Int8GemmArgs& a, void* prep);                                                  \
-  void int8_rows_gemm(const Int8GemmArgs& a, const void* prep, int64_t n0, int64_t n1);                    \
+  void int8_rows_gemm(const Int8GemmArgs& a, const void* prep, int64_t m0, int64_t m1, int64_t n0,         \
+                      int64_t n1);                                                                         \
   /* quantize_rows for rows [r0, r1). */                                                                   \
   void quantize_rows_range(const QuantizeRowsArgs& a, int64_t r0, int64_t r1);
 

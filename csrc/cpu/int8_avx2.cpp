@@ -58,7 +58,7 @@ struct RowsK {
   // fresh register and copies it back (a vmovdqa per step, 30% more instructions).
   static Acc dot(Acc acc, A a, B b) {
     const __m256i t = _mm256_madd_epi16(a, b);
-    __asm__("vpaddd %1, %0, %0" : "+x"(acc) : "x"(t));
+    __asm__("vpaddd {%1, %0, %0|%0, %0, %1}" : "+x"(acc) : "x"(t));  // AT&T | Intel syntax
     return acc;
   }
   static int32_t hsum(Acc v) {
@@ -95,6 +95,13 @@ namespace {
 
 constexpr int MR = 6, NR = 16;
 
+// Largest M for the row kernel (measured on Zen 4: on par with the packed path up
+// to M ~ 128, behind it beyond). Overridable at build time, e.g. 0 or a large
+// value to test one path alone.
+#ifndef TFORGE_INT8_AVX2_ROWS_MAX_M
+#define TFORGE_INT8_AVX2_ROWS_MAX_M 64
+#endif
+
 // Rows [0, 8) (those >= nrows are zero) of a at k in [k, k + 16), sign-extended to
 // int16 and transposed as 32-bit pairs: r[j] = pair k/2 + j of the 8 rows.
 // Reads only the bytes below K (a zero-padded copy for the last, partial chunk).
@@ -124,10 +131,7 @@ Int8Tiling int8_tiling() {
   t.mc = 240;  // A block: 240 KB (L2)
   t.nc = 256;  // C block: 240 KB (L2)
   t.row_corr = false;
-#ifndef TFORGE_INT8_ROWS_MAX_M
-#define TFORGE_INT8_ROWS_MAX_M 32
-#endif
-  t.rows_max_m = TFORGE_INT8_ROWS_MAX_M;
+  t.rows_max_m = TFORGE_INT8_AVX2_ROWS_MAX_M;
   t.rows_nb = RowsK::NB;
   return t;
 }

@@ -32,6 +32,14 @@ namespace {
 
 inline __m512i to_unsigned(__m512i b) { return _mm512_xor_si512(b, _mm512_set1_epi32(static_cast<int>(0x80808080u))); }
 
+// acc += per lane sum of 4 products u (unsigned bytes) x s (signed bytes), in place.
+// Written as asm: with _mm512_dpbusd_epi32 on arrays of accumulators GCC 12 moves
+// every accumulator through a fresh register (and the stack) at each step.
+inline __m512i dpbusd(__m512i acc, __m512i u, __m512i s) {
+  __asm__("vpdpbusd {%2, %1, %0|%0, %1, %2}" : "+v"(acc) : "v"(u), "v"(s));  // AT&T | Intel syntax
+  return acc;
+}
+
 inline int32_t hsum8(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
@@ -57,7 +65,7 @@ struct RowsK {
     const __mmask64 m = _cvtu64_mask64((uint64_t{1} << (K - k0)) - 1);
     return to_unsigned(_mm512_maskz_loadu_epi8(m, row + k0));  // padding u = 128 meets a = 0
   }
-  static Acc dot(Acc acc, A a, B b) { return _mm512_dpbusd_epi32(acc, b, a); }
+  static Acc dot(Acc acc, A a, B b) { return dpbusd(acc, b, a); }
   // Zero-masked forms: the plain ones start from _mm*_undefined_*, which GCC 12
   // flags with a false -Wmaybe-uninitialized once inlined.
   static int32_t hsum(Acc v) {
@@ -86,6 +94,13 @@ namespace {
 constexpr int MR = 8;
 constexpr int NRV = 2;  // zmm per row of the micro-tile
 constexpr int NR = 16 * NRV;
+
+// Largest M for the row kernel (measured on Zen 4: on par with the packed path up
+// to M ~ 512, behind it at 2048^3, well ahead below M ~ 64, where packing B costs
+// more). Overridable at build time, e.g. 0 or a large value to test one path alone.
+#ifndef TFORGE_INT8_VNNI_ROWS_MAX_M
+#define TFORGE_INT8_VNNI_ROWS_MAX_M 128
+#endif
 
 // Rows [0, 8) (those >= nrows are zero) of a at k in [k, k + 32), transposed as
 // 32-bit quads: r[j] = quad k/4 + j of the 8 rows. Reads only the bytes below K
@@ -116,9 +131,6 @@ Int8Tiling int8_tiling() {
   t.mc = 256;   // A block: 128 KB (L2)
   t.nc = 256;   // C block: 256 KB (L2)
   t.row_corr = true;
-#ifndef TFORGE_INT8_VNNI_ROWS_MAX_M
-#define TFORGE_INT8_VNNI_ROWS_MAX_M 16
-#endif
   t.rows_max_m = TFORGE_INT8_VNNI_ROWS_MAX_M;
   t.rows_nb = RowsK::NB;
   return t;
@@ -175,7 +187,7 @@ void int8_tile(const void* ap, const void* bp, int64_t kc, int32_t* c, int64_t l
     for (int j = 0; j < NRV; ++j) b[j] = _mm512_load_si512(B + q * NRV + j);
     for (int i = 0; i < MR; ++i) {
       const __m512i a = _mm512_set1_epi32(A[q * MR + i]);
-      for (int j = 0; j < NRV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], b[j], a);
+      for (int j = 0; j < NRV; ++j) acc[i][j] = dpbusd(acc[i][j], b[j], a);
     }
   }
   for (int i = 0; i < MR; ++i)

@@ -379,7 +379,7 @@ void int8_rows_prep(const Int8GemmArgs& a, void* prep) {
   for (int64_t m = 0; m < a.M; ++m) RowsK::prep_row(a.a + m * a.a_stride, a.K, p + m * rb, corr + m);
 }
 
-void int8_rows_gemm(const Int8GemmArgs& a, const void* prep, int64_t n0, int64_t n1) {
+void int8_rows_gemm(const Int8GemmArgs& a, const void* prep, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   constexpr int64_t NB = RowsK::NB;
   const int64_t rb = RowsK::row_bytes(a.K);
   const char* p = static_cast<const char*>(prep);
@@ -389,8 +389,8 @@ void int8_rows_gemm(const Int8GemmArgs& a, const void* prep, int64_t n0, int64_t
   alignas(64) int32_t tile[kRowsMB * NB];
   for (int64_t nb0 = n0; nb0 < n1; nb0 += NB) {
     const int64_t cols = n1 - nb0 < NB ? n1 - nb0 : NB;
-    for (int64_t mb0 = 0; mb0 < a.M; mb0 += kRowsMB) {
-      const int64_t rows = a.M - mb0 < kRowsMB ? a.M - mb0 : kRowsMB;
+    for (int64_t mb0 = m0; mb0 < m1; mb0 += kRowsMB) {
+      const int64_t rows = m1 - mb0 < kRowsMB ? m1 - mb0 : kRowsMB;
       for (int64_t i = 0; i < rows * NB; ++i) tile[i] = 0;
       for (int64_t c0 = 0; c0 < nchunks; c0 += RowsK::KB) {
         const int64_t c1 = nchunks - c0 < RowsK::KB ? nchunks : c0 + RowsK::KB;
