@@ -381,6 +381,7 @@ PYBIND11_MODULE(_C, m) {
   def_int8(m);
 
   m.def("cpu_isa", &tforge::cpu_kernel_isa, "CPU kernel set chosen at run time: 'avx2' or 'scalar'");
+  m.def("int8_cpu_isa", &tforge::cpu::int8_kernel_isa, "int8 CPU kernel set: 'avx512vnni', 'avx2' or 'scalar'");
 #if defined(TFORGE_WITH_CUDA)
   m.attr("cuda_compiled") = true;
   m.attr("cuda_archs") = TFORGE_CUDA_ARCHS;

@@ -124,6 +124,8 @@ def backends() -> dict:
         reason = why_unavailable(name, dev)
         out[name] = {"available": reason is None, **({"reason": reason} if reason else {})}
     out["cpu"]["isa"] = _native.cpu_isa()
+    if _native.loaded():
+        out["cpu"]["int8_isa"] = _native.require().int8_cpu_isa()
     out["cuda"]["compiled"] = _native.cuda_compiled()
     if _native.cuda_compiled():
         out["cuda"]["archs"] = _native.require().cuda_archs
