@@ -4,6 +4,7 @@ lines, and the LayerNorm / RMSNorm benchmarks end to end at a tiny size.
 Speed is never asserted."""
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -299,3 +300,20 @@ def test_bench_rms_norm_script_runs(tmp_path):
 def test_bench_rejects_unknown_op():
     with pytest.raises(SystemExit):
         bln.main(["--quick", "--no-compile", "--ops", "softmax", "--no-json"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt is glibc's")
+def test_malloc_reuse_removes_first_touch_faults(tmp_path):
+    # In a subprocess: mallopt changes the allocator for the whole process.
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_layer_norm.py"), "--quick", "--no-compile",
+                           "--malloc-reuse", "--ops", "layer_norm", "--shapes", "2048x4096", "--directions", "fwd",
+                           "--repeats", "3", "--max-seconds", "0.5", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    recs = _read_jsonl(tmp_path / "layer_norm.jsonl")
+    pages = 2048 * 4096 * 4 // 4096  # one fresh 32 MiB output
+    for r in recs:
+        assert r["malloc_reuse"] is True
+        assert r["faults_per_call"] < pages / 2
