@@ -317,3 +317,16 @@ def test_malloc_reuse_removes_first_touch_faults(tmp_path):
     for r in recs:
         assert r["malloc_reuse"] is True
         assert r["faults_per_call"] < pages / 2
+
+
+@pytest.mark.parametrize("script,op", [("bench_attention", "attention"), ("bench_int8_gemm", "int8_gemm")])
+def test_attention_and_int8_benchmarks_quick(tmp_path, script, op, capsys):
+    """The attention and int8 GEMM benchmarks run end to end at a tiny size and
+    write JSON lines with their peers (SDPA / torch.matmul) in the same run."""
+    mod = __import__(script)
+    assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
+    lines = [json.loads(l) for l in (tmp_path / f"{op}.jsonl").read_text().splitlines()]
+    names = {r["backend"] for r in lines}
+    assert any(n.startswith("sdpa") for n in names) or "torch.matmul" in names
+    assert all(r["median_ms"] > 0 and r["op"] == op for r in lines)
+    assert "candidate" in capsys.readouterr().out
