@@ -202,14 +202,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.repeats, args.max_seconds = 3, 3.0
     records = run(args)
-    print(report.format_table(records, COLUMNS, separate_on=("shape", "dtype", "causal", "direction")))
-    gl = goals(records)
-    if gl:
-        print("\n" + report.format_goals(gl))
-    if not args.no_json:
-        path = report.jsonl_path(report.resolve_out_dir(args.out), "attention")
-        report.append_jsonl(path, records)
-        print(f"\n{len(records)} records appended to {path}")
+    report.emit(records, COLUMNS, goals(records), "attention", args.out, not args.no_json, separate_on=("shape", "dtype", "causal", "direction"))
     return 0
 
 

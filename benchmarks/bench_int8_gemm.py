@@ -116,14 +116,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.repeats, args.max_seconds = 3, 3.0
     records = run(args)
-    print(report.format_table(records, COLUMNS, separate_on=("shape",)))
-    gl = goals(records)
-    if gl:
-        print("\n" + report.format_goals(gl))
-    if not args.no_json:
-        path = report.jsonl_path(report.resolve_out_dir(args.out), "int8_gemm")
-        report.append_jsonl(path, records)
-        print(f"\n{len(records)} records appended to {path}")
+    report.emit(records, COLUMNS, goals(records), "int8_gemm", args.out, not args.no_json, separate_on=("shape",))
     return 0
 
 

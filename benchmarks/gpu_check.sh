@@ -2,7 +2,8 @@
 # The GPU check: on a GPU machine with no network (torch, triton, pybind11,
 # scikit-build-core, cmake and ninja preinstalled), build tforge from source,
 # run the GPU tests and the kernel benchmarks, and leave logs and JSON lines in
-# $OUT (else benchmarks/results/). Budget: well inside 8 minutes.
+# $OUT (else benchmarks/results/): gpu_check.log, build.log, info.json,
+# gpu_tests.log, bench.log and results_jsonl.tgz. Budget: well inside 8 minutes.
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,10 +27,14 @@ timeout 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/ > "$OUT/gpu_tests
 tail -n 3 "$OUT/gpu_tests.log" | tee -a "$OUT/gpu_check.log"
 
 stamp "benchmarks" | tee -a "$OUT/gpu_check.log"
-bench() { local t=$1; shift; timeout "$t" $PY "$@" --out "$OUT" >> "$OUT/bench.log" 2>&1 || { status=1; echo "FAILED or timed out: $*" >> "$OUT/bench.log"; }; }
+# JSON lines go to one folder, packed into a single file at the end: the device
+# tool brings back at most 8 files.
+mkdir -p "$OUT/jsonl"
+bench() { local t=$1; shift; timeout "$t" $PY "$@" --out "$OUT/jsonl" >> "$OUT/bench.log" 2>&1 || { status=1; echo "FAILED or timed out: $*" >> "$OUT/bench.log"; }; }
 bench 60 benchmarks/bench_layer_norm.py --dtypes bf16 --repeats 10
 bench 30 benchmarks/bench_rms_norm.py --dtypes bf16 --repeats 10 --shapes 16384x4096
 bench 80 benchmarks/bench_attention.py --repeats 10 --max-seconds 4
 bench 50 benchmarks/bench_int8_gemm.py --repeats 10 --max-seconds 4
+tar czf "$OUT/results_jsonl.tgz" -C "$OUT/jsonl" . && rm -rf "$OUT/jsonl"
 stamp "done, status $status" | tee -a "$OUT/gpu_check.log"
 exit $status

@@ -157,3 +157,18 @@ def format_goals(goals: Sequence[dict]) -> str:
     tags = {True: "[MET]    ", False: "[NOT MET]", None: "[n/a]    "}
     return "\n".join(f"{tags[g.get('met')]} {g['what']}" + (f": {g['detail']}" if g.get("detail") else "")
                      for g in goals)
+
+
+def emit(records: Sequence[dict], columns: Sequence[Column], goals: Sequence[dict], op: str,
+         out: str | None = None, write_json: bool = True, separate_on: Sequence[str] = ()) -> Path | None:
+    """Print the table and the goals, then append the records to <out>/<op>.jsonl
+    (out: --out, else $OUT, else benchmarks/results). Returns the file written."""
+    print(format_table(records, columns, separate_on=separate_on))
+    if goals:
+        print("\n" + format_goals(goals))
+    if not write_json:
+        return None
+    path = jsonl_path(resolve_out_dir(out), op)
+    append_jsonl(path, records)
+    print(f"\n{len(records)} records appended to {path}")
+    return path
