@@ -10,7 +10,8 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Keep the 2-core CI machines from oversubscribing.
-torch.set_num_threads(min(torch.get_num_threads(), 2)) if not HAS_CUDA else None
+if not HAS_CUDA:
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
 
 
 def pytest_collection_modifyitems(config, items):
