@@ -43,7 +43,7 @@ bench: install
 # Until the training layer lands, the demo is `tforge info` plus the norm benchmark at a small size.
 demo: install
 	$(VENV)/bin/tforge info
-	$(PYBIN) benchmarks/bench_layer_norm.py --quick
+	$(PYBIN) benchmarks/bench_layer_norm.py --quick --no-json
 
 clean:
 	rm -rf build $(VENV)
