@@ -224,3 +224,17 @@ def test_scalar_cpu_kernels(monkeypatch):
         assert_close(y, rms_norm_ref(x, w), dtype)
         y.float().sum().backward()
         assert torch.isfinite(x.grad.float()).all()
+
+
+def test_eager_fast_path_matches_the_custom_op():
+    """Without autograd, tracing or dispatch modes the public functions call the op's
+    implementation directly; the result is identical to going through torch.ops."""
+    from tforge.ops import _dispatch
+    x, w = torch.randn(3, 40), torch.randn(40)
+    assert _dispatch._direct_ok((x, w, None, 1e-5, "cpu"))
+    assert not _dispatch._direct_ok((x.clone().requires_grad_(),))
+    with torch.no_grad():
+        assert _dispatch._direct_ok((x.clone().requires_grad_(),))
+    direct = tforge.layer_norm(x, w, backend="cpu")
+    via_op = torch.ops.tforge.layer_norm(x, w, None, 1e-5, "cpu")[0]
+    assert torch.equal(direct, via_op)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from tforge import _backend, _native
+from tforge.ops import _dispatch
 
 # Kernels' head_dim limits per backend; CUDA serves what tforge._C reports.
 MAX_HEAD_DIM = {"cpu": 256, "triton": 256, "torch": None}
@@ -343,7 +344,7 @@ def _backward(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, ca
 
 # ---------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("tforge::attention", mutates_args=())
+@_dispatch.custom_op("tforge::attention")
 def _attention_op(q: Tensor, k: Tensor, v: Tensor, attn_bias: Optional[Tensor], cu_seqlens_q: Optional[Tensor],
                   cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float,
                   causal: bool, window_left: int, window_right: int, deterministic: bool,
@@ -360,7 +361,7 @@ def _(q, k, v, attn_bias, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     return q.new_empty(q.shape), lse
 
 
-@torch.library.custom_op("tforge::attention_backward", mutates_args=())
+@_dispatch.custom_op("tforge::attention_backward")
 def _attention_backward_op(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                            attn_bias: Optional[Tensor], cu_seqlens_q: Optional[Tensor],
                            cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
@@ -420,8 +421,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, softmax_sca
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     name = _resolve("attention", q, backend)
     wl, wr = _window(window)
-    out, _ = _attention_op(q, k, v, attn_bias, None, None, q.shape[1], k.shape[1], float(scale), bool(causal), wl,
-                           wr, bool(deterministic), name)
+    out, _ = _dispatch.call(_attention_op, q, k, v, attn_bias, None, None, q.shape[1], k.shape[1], float(scale),
+                            bool(causal), wl, wr, bool(deterministic), name)
     return out
 
 
@@ -440,8 +441,8 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_s
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     name = _resolve("attention_varlen", q, backend)
     wl, wr = _window(window)
-    out, _ = _attention_op(q, k, v, None, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-                           float(scale), bool(causal), wl, wr, bool(deterministic), name)
+    out, _ = _dispatch.call(_attention_op, q, k, v, None, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
+                            int(max_seqlen_k), float(scale), bool(causal), wl, wr, bool(deterministic), name)
     return out
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from tforge import _backend, _native
+from tforge.ops import _dispatch
 
 MAX_K = 1 << 16  # int32 accumulation is exact for K up to this (|a*b| <= 2^14)
 
@@ -119,7 +120,7 @@ def _quantize_native(kind, x2):
 
 # ---------------------------------------------------------------- custom ops
 
-@torch.library.custom_op("tforge::quantize_rows", mutates_args=())
+@_dispatch.custom_op("tforge::quantize_rows")
 def _quantize_rows_op(x: Tensor, backend: str) -> Tuple[Tensor, Tensor]:
     x2 = _native.as_rows(x, x.shape[-1])
     if backend == "torch":
@@ -139,7 +140,7 @@ def _(x, backend):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
-@torch.library.custom_op("tforge::int8_matmul", mutates_args=())
+@_dispatch.custom_op("tforge::int8_matmul")
 def _int8_matmul_op(a: Tensor, b: Tensor, backend: str) -> Tensor:
     a, b = _rows(a), _rows(b)
     if backend == "torch":
@@ -159,7 +160,7 @@ def _(a, b, backend):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
 
 
-@torch.library.custom_op("tforge::int8_linear", mutates_args=())
+@_dispatch.custom_op("tforge::int8_linear")
 def _int8_linear_op(x_q: Tensor, x_scale: Optional[Tensor], w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor],
                     out_dtype: torch.dtype, backend: str) -> Tensor:
     a = _rows(x_q.reshape(-1, x_q.shape[-1]))
@@ -197,7 +198,7 @@ def quantize_per_token(x: Tensor, *, backend: Optional[str] = None) -> Tuple[Ten
         raise ValueError(f"quantize_per_token: x must be float32/bfloat16/float16, got {getattr(x, 'dtype', x)}")
     if x.dim() == 0 or x.shape[-1] == 0:
         raise ValueError(f"quantize_per_token: x needs a non-empty last dimension, got shape {tuple(x.shape)}")
-    return _quantize_rows_op(x, _resolve(x, backend, x.dtype))
+    return _dispatch.call(_quantize_rows_op, x, _resolve(x, backend, x.dtype))
 
 
 def quantize_per_channel(w: Tensor, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
@@ -211,7 +212,7 @@ def quantize_per_channel(w: Tensor, *, backend: Optional[str] = None) -> Tuple[T
 def int8_matmul(a_int8: Tensor, b_int8: Tensor, *, backend: Optional[str] = None) -> Tensor:
     """Exact int32 a @ b.T for a (M, K) and b (N, K) int8 (b in nn.Linear's weight layout)."""
     _check_gemm("int8_matmul", a_int8, b_int8)
-    return _int8_matmul_op(a_int8, b_int8, _resolve(a_int8, backend))
+    return _dispatch.call(_int8_matmul_op, a_int8, b_int8, _resolve(a_int8, backend))
 
 
 def int8_linear(x_int8: Tensor, x_scale: Optional[Tensor], w_int8: Tensor, w_scale: Tensor,
@@ -238,4 +239,5 @@ def int8_linear(x_int8: Tensor, x_scale: Optional[Tensor], w_int8: Tensor, w_sca
             raise ValueError(f"{op}: {name} is on {t.device} but x_int8 is on {x_int8.device}")
     if out_dtype not in _OUT_DTYPES:
         raise ValueError(f"{op}: out_dtype must be one of float32, bfloat16, float16, got {out_dtype}")
-    return _int8_linear_op(x_int8, x_scale, w_int8, w_scale, bias, out_dtype, _resolve(x_int8, backend, out_dtype))
+    return _dispatch.call(_int8_linear_op, x_int8, x_scale, w_int8, w_scale, bias, out_dtype,
+                          _resolve(x_int8, backend, out_dtype))

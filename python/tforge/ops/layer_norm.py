@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from tforge import _backend
-from tforge.ops import _norm
+from tforge.ops import _dispatch, _norm
 
 
 def layer_norm_ref(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
@@ -37,7 +37,7 @@ def add_layer_norm_ref(x: Tensor, residual: Tensor, weight: Optional[Tensor] = N
     return layer_norm_ref(s, weight, bias, eps), s
 
 
-@torch.library.custom_op("tforge::layer_norm", mutates_args=())
+@_dispatch.custom_op("tforge::layer_norm")
 def _layer_norm_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                    backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     _norm.check_args("layer_norm", x, None, weight, bias, eps)
@@ -52,7 +52,7 @@ def _(x, weight, bias, eps, backend):
     return (x.new_empty(x.shape), *_norm.stats_like(x, rms=False))
 
 
-@torch.library.custom_op("tforge::add_layer_norm", mutates_args=())
+@_dispatch.custom_op("tforge::add_layer_norm")
 def _add_layer_norm_op(x: Tensor, residual: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                        backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     _norm.check_args("add_layer_norm", x, residual, weight, bias, eps)
@@ -85,7 +85,7 @@ def layer_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor
     weight, bias = _norm.prepare_params(x, weight, bias)
     _norm.check_args("layer_norm", x, None, weight, bias, eps)
     name = _backend.resolve(x.device, x.dtype, backend)
-    return _layer_norm_op(x, weight, bias, float(eps), name)[0]
+    return _dispatch.call(_layer_norm_op, x, weight, bias, float(eps), name)[0]
 
 
 def add_layer_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
@@ -99,5 +99,5 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None,
     weight, bias = _norm.prepare_params(x, weight, bias)
     _norm.check_args("add_layer_norm", x, residual, weight, bias, eps)
     name = _backend.resolve(x.device, x.dtype, backend)
-    y, res_out, _, _ = _add_layer_norm_op(x, residual, weight, bias, float(eps), name)
+    y, res_out, _, _ = _dispatch.call(_add_layer_norm_op, x, residual, weight, bias, float(eps), name)
     return y, res_out

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tforge import _backend
-from tforge.ops import _norm
+from tforge.ops import _dispatch, _norm
 
 
 def rms_norm_ref(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
@@ -30,7 +30,7 @@ def add_rms_norm_ref(x: Tensor, residual: Tensor, weight: Optional[Tensor] = Non
     return rms_norm_ref(s, weight, eps), s
 
 
-@torch.library.custom_op("tforge::rms_norm", mutates_args=())
+@_dispatch.custom_op("tforge::rms_norm")
 def _rms_norm_op(x: Tensor, weight: Optional[Tensor], eps: float, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     _norm.check_args("rms_norm", x, None, weight, None, eps)
     _norm.check_backend("rms_norm", x, backend)
@@ -44,7 +44,7 @@ def _(x, weight, eps, backend):
     return (x.new_empty(x.shape), *_norm.stats_like(x, rms=True))
 
 
-@torch.library.custom_op("tforge::add_rms_norm", mutates_args=())
+@_dispatch.custom_op("tforge::add_rms_norm")
 def _add_rms_norm_op(x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float,
                      backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     _norm.check_args("add_rms_norm", x, residual, weight, None, eps)
@@ -74,7 +74,7 @@ def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-6, *,
     (weight,) = _norm.prepare_params(x, weight)
     _norm.check_args("rms_norm", x, None, weight, None, eps)
     name = _backend.resolve(x.device, x.dtype, backend)
-    return _rms_norm_op(x, weight, float(eps), name)[0]
+    return _dispatch.call(_rms_norm_op, x, weight, float(eps), name)[0]
 
 
 def add_rms_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-6, *,
@@ -84,5 +84,5 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None, e
     (weight,) = _norm.prepare_params(x, weight)
     _norm.check_args("add_rms_norm", x, residual, weight, None, eps)
     name = _backend.resolve(x.device, x.dtype, backend)
-    y, res_out, _, _ = _add_rms_norm_op(x, residual, weight, float(eps), name)
+    y, res_out, _, _ = _dispatch.call(_add_rms_norm_op, x, residual, weight, float(eps), name)
     return y, res_out
