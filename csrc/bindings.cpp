@@ -320,7 +320,7 @@ tforge::Int8GemmArgs gemm_args(uintptr_t a, int64_t a_stride, uintptr_t b, int64
 }
 
 tforge::QuantizeRowsArgs quant_args(uintptr_t x, int64_t x_stride, int64_t rows, int64_t cols, int dtype, uintptr_t q,
-                                    uintptr_t scale) {
+                                    uintptr_t scale, uintptr_t col_scale = 0) {
   tforge::QuantizeRowsArgs r;
   r.x = ptr<const void>(x);
   r.x_stride = x_stride;
@@ -329,6 +329,7 @@ tforge::QuantizeRowsArgs quant_args(uintptr_t x, int64_t x_stride, int64_t rows,
   r.dtype = dtype;
   r.q = ptr<int8_t>(q);
   r.scale = ptr<float>(scale);
+  r.col_scale = ptr<const float>(col_scale);
   return r;
 }
 
@@ -349,10 +350,11 @@ void def_int8(py::module_& m) {
       TF_GEMM_ARGS, py::arg("threads"), py::call_guard<py::gil_scoped_release>());
   m.def(
       "quantize_rows_cpu",
-      [](uintptr_t x, int64_t xs, int64_t rows, int64_t cols, int dtype, uintptr_t q, uintptr_t scale, int threads) {
-        tforge::cpu::quantize_rows(quant_args(x, xs, rows, cols, dtype, q, scale), threads);
+      [](uintptr_t x, int64_t xs, int64_t rows, int64_t cols, int dtype, uintptr_t q, uintptr_t scale, int threads,
+         uintptr_t col_scale) {
+        tforge::cpu::quantize_rows(quant_args(x, xs, rows, cols, dtype, q, scale, col_scale), threads);
       },
-      TF_QUANT_ARGS, py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+      TF_QUANT_ARGS, py::arg("threads"), py::arg("col_scale") = 0, py::call_guard<py::gil_scoped_release>());
 #if defined(TFORGE_WITH_CUDA)
   m.def(
       "int8_gemm_cuda",

@@ -240,3 +240,18 @@ def test_int8_cpu_kernel_sets(monkeypatch, isa):
     x = torch.randn(5, 70)
     q, s = quantize_per_token(x, backend="cpu")
     torch.testing.assert_close(s, quantize_per_token_ref(x)[1])
+
+
+@pytest.mark.parametrize("backend", _b())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_quantize_with_column_scale(backend, dtype):
+    """SmoothQuant's run-time 1/s, fused into the quantisation pass."""
+    dev = _require(backend, dtype)
+    x = (torch.randn(6, 77, device=dev) * 3).to(dtype)
+    cs = torch.rand(77, device=dev) + 0.25
+    q, s = quantize_per_token(x, col_scale=cs, backend=backend)
+    q_ref, s_ref = quantize_per_token_ref(x, cs)
+    torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
+    assert (q.int() - q_ref.int()).abs().max() <= 1
+    with pytest.raises(ValueError, match="col_scale must have shape"):
+        quantize_per_token(x, col_scale=cs[:5], backend=backend)

@@ -11,7 +11,8 @@
 //
 // Quantise rows: scale[m] = max_k |x[m, k]| / 127 (fp32); q[m, k] =
 // clamp(round_half_even(x[m, k] / scale[m]), -127, 127), and q = 0 on rows
-// whose scale is 0. x is fp32 / bf16 / fp16 (tforge::DType).
+// whose scale is 0. x is fp32 / bf16 / fp16 (tforge::DType); with col_scale,
+// x[m, k] * col_scale[k] (in fp32) replaces x[m, k] throughout.
 #pragma once
 #include <cstdint>
 
@@ -38,6 +39,9 @@ struct QuantizeRowsArgs {
   int dtype = 0;
   int8_t* q = nullptr;         // [rows, cols] contiguous
   float* scale = nullptr;      // [rows]
+  // [cols] or null: x[m, k] * col_scale[k] (fp32) is what gets quantised, e.g.
+  // SmoothQuant's 1/s when it could not be folded into a norm. CPU kernels only.
+  const float* col_scale = nullptr;
 };
 
 }  // namespace tforge

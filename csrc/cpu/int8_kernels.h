@@ -231,13 +231,21 @@ void store_fused(const Int8GemmArgs& a, const int32_t* acc, int64_t ldc, int64_t
 
 // ---- quantize_rows
 
-template <int DT>
+template <int DT, bool COL_SCALE>
 void quantize_rows_t(const QuantizeRowsArgs& a, int64_t r0, int64_t r1) {
   const int64_t n = a.cols;
   const size_t esize = DT == kFloat32 ? 4 : 2;
+  const float* cs = a.col_scale;
   for (int64_t r = r0; r < r1; ++r) {
-    const void* x = static_cast<const char*>(a.x) + r * a.x_stride * esize;
+    const void* xrow = static_cast<const char*>(a.x) + r * a.x_stride * esize;
     int8_t* q = a.q + r * n;
+    // x[i], times col_scale[i] when given (fused: no scaled copy of x is made)
+    auto xv = [&](auto tag, int64_t i) {
+      using V = decltype(tag);
+      V v = load_x<DT>(tag, xrow, i);
+      if constexpr (COL_SCALE) v = v * V::load(cs + i);
+      return v;
+    };
     // pass 1: max |x|
     float amax = 0.f;
     {
@@ -245,14 +253,14 @@ void quantize_rows_t(const QuantizeRowsArgs& a, int64_t r0, int64_t r1) {
       if constexpr (Vec::W > 1) {
         Vec m0 = Vec::zero(), m1 = Vec::zero();
         for (; i + 2 * Vec::W <= n; i += 2 * Vec::W) {
-          m0 = absmax_acc(m0, load_x<DT>(Vec{}, x, i));
-          m1 = absmax_acc(m1, load_x<DT>(Vec{}, x, i + Vec::W));
+          m0 = absmax_acc(m0, xv(Vec{}, i));
+          m1 = absmax_acc(m1, xv(Vec{}, i + Vec::W));
         }
-        for (; i + Vec::W <= n; i += Vec::W) m0 = absmax_acc(m0, load_x<DT>(Vec{}, x, i));
+        for (; i + Vec::W <= n; i += Vec::W) m0 = absmax_acc(m0, xv(Vec{}, i));
         amax = absmax_h(absmax_acc(m0, m1));
       }
       VecOne m = VecOne::set1(amax);
-      for (; i < n; ++i) m = absmax_acc(m, load_x<DT>(VecOne{}, x, i));
+      for (; i < n; ++i) m = absmax_acc(m, xv(VecOne{}, i));
       amax = m.v;
     }
     const float scale = amax / 127.f;
@@ -266,7 +274,7 @@ void quantize_rows_t(const QuantizeRowsArgs& a, int64_t r0, int64_t r1) {
     // pass 2: q = clamp(round_half_even(x / scale)); a true division, as the reference does
     i8_vec_loop(n, [&](auto tag, int64_t i) {
       using V = decltype(tag);
-      store_q(q + i, vdiv(load_x<DT>(tag, x, i), V::set1(scale)));
+      store_q(q + i, vdiv(xv(tag, i), V::set1(scale)));
     });
   }
 }
@@ -362,9 +370,15 @@ void int8_store(const Int8GemmArgs& a, const int32_t* acc, int64_t ldc, int64_t 
 
 void quantize_rows_range(const QuantizeRowsArgs& a, int64_t r0, int64_t r1) {
   switch (a.dtype) {
-    case kFloat32: quantize_rows_t<kFloat32>(a, r0, r1); break;
-    case kBFloat16: quantize_rows_t<kBFloat16>(a, r0, r1); break;
-    default: quantize_rows_t<kFloat16>(a, r0, r1); break;
+    case kFloat32:
+      a.col_scale ? quantize_rows_t<kFloat32, true>(a, r0, r1) : quantize_rows_t<kFloat32, false>(a, r0, r1);
+      break;
+    case kBFloat16:
+      a.col_scale ? quantize_rows_t<kBFloat16, true>(a, r0, r1) : quantize_rows_t<kBFloat16, false>(a, r0, r1);
+      break;
+    default:
+      a.col_scale ? quantize_rows_t<kFloat16, true>(a, r0, r1) : quantize_rows_t<kFloat16, false>(a, r0, r1);
+      break;
   }
 }
 

@@ -764,6 +764,7 @@ void int8_gemm(const Int8GemmArgs& a, int device, uintptr_t stream) {
 
 void quantize_rows(const QuantizeRowsArgs& a, int device, uintptr_t stream) {
   const char* op = "quantize_rows_cuda";
+  TF_CHECK_ARG(a.col_scale == nullptr, op, ": col_scale is not supported by the CUDA kernel (scale x first)");
   TF_CHECK_ARG(a.rows >= 0, op, ": rows must be >= 0, got ", a.rows);
   TF_CHECK_ARG(a.cols >= 1, op, ": the quantised (last) dimension must be >= 1, got ", a.cols);
   TF_CHECK_ARG(a.cols <= (int64_t(1) << 30), op, ": the quantised (last) dimension must be <= 2^30, got ", a.cols);

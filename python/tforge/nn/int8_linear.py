@@ -62,13 +62,15 @@ class Int8Linear(torch.nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Int8Linear: expected input (..., {self.in_features}), got {tuple(x.shape)}")
-        if self.smooth is not None:
-            x = x / self.smooth.to(x.dtype)
         if self.activations == "fp":
+            if self.smooth is not None:
+                x = x / self.smooth.to(x.dtype)
             w = self.weight.to(x.dtype) * self.weight_scale.to(x.dtype)[:, None]
             bias = self.bias.to(x.dtype) if self.bias is not None else None
             return torch.nn.functional.linear(x, w, bias)
-        x_q, x_scale = quantize_per_token(x, backend=self.backend)
+        # SmoothQuant's x / s is fused into the quantisation pass as x * (1 / s).
+        inv_smooth = self.smooth.reciprocal() if self.smooth is not None else None
+        x_q, x_scale = quantize_per_token(x, col_scale=inv_smooth, backend=self.backend)
         return int8_linear(x_q, x_scale, self.weight, self.weight_scale, self.bias, out_dtype=x.dtype,
                            backend=self.backend)
 

@@ -20,10 +20,13 @@ MAX_K = 1 << 16  # int32 accumulation is exact for K up to this (|a*b| <= 2^14)
 
 # ---------------------------------------------------------------- references
 
-def quantize_per_token_ref(x: Tensor) -> Tuple[Tensor, Tensor]:
+def quantize_per_token_ref(x: Tensor, col_scale: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Symmetric per-row int8: scale = max|x_row| / 127, q = clamp(round(x / scale), -127, 127);
-    rows of zeros get scale 0 and q 0. Returns (q int8, scale fp32 of shape x.shape[:-1])."""
+    rows of zeros get scale 0 and q 0. Returns (q int8, scale fp32 of shape x.shape[:-1]).
+    col_scale (last-dim sized, fp32): quantise x * col_scale instead."""
     xf = x.float()
+    if col_scale is not None:
+        xf = xf * col_scale.float()
     scale = xf.abs().amax(-1) / 127.0
     safe = torch.where(scale == 0, torch.ones_like(scale), scale)
     q = torch.round(xf / safe[..., None]).clamp_(-127, 127).to(torch.int8)
@@ -104,14 +107,14 @@ def _gemm_native(kind, a, b, out, c_i32, a_scale, b_scale, bias):
         C.int8_gemm_cuda(**kwargs, device=device, stream=stream)
 
 
-def _quantize_native(kind, x2):
+def _quantize_native(kind, x2, col_scale=None):
     C = _native.require()
     q = torch.empty(x2.shape, dtype=torch.int8, device=x2.device)
     scale = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
     kwargs = dict(x=x2.data_ptr(), x_stride=_native.row_stride(x2), rows=x2.shape[0], cols=x2.shape[1],
                   dtype=_native.dtype_code(x2), q=q.data_ptr(), scale=scale.data_ptr())
     if kind == "cpu":
-        C.quantize_rows_cpu(**kwargs, threads=torch.get_num_threads())
+        C.quantize_rows_cpu(**kwargs, threads=torch.get_num_threads(), col_scale=_native.ptr(col_scale))
     else:
         device, stream = _native.cuda_stream(x2)
         C.quantize_rows_cuda(**kwargs, device=device, stream=stream)
@@ -121,12 +124,15 @@ def _quantize_native(kind, x2):
 # ---------------------------------------------------------------- custom ops
 
 @_dispatch.custom_op("tforge::quantize_rows")
-def _quantize_rows_op(x: Tensor, backend: str) -> Tuple[Tensor, Tensor]:
+def _quantize_rows_op(x: Tensor, col_scale: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
     x2 = _native.as_rows(x, x.shape[-1])
+    cs = col_scale.float().contiguous() if col_scale is not None else None
+    if cs is not None and backend in ("cuda", "triton"):  # only the C++ kernels fuse the column scale
+        x2, cs = x2.float() * cs, None
     if backend == "torch":
-        q, scale = quantize_per_token_ref(x2)
+        q, scale = quantize_per_token_ref(x2, cs)
     elif backend in ("cpu", "cuda"):
-        q, scale = _quantize_native(backend, x2)
+        q, scale = _quantize_native(backend, x2, cs)
     elif backend == "triton":
         from tforge.triton import int8 as tint8
         q, scale = tint8.quantize_rows(x2)
@@ -136,7 +142,7 @@ def _quantize_rows_op(x: Tensor, backend: str) -> Tuple[Tensor, Tensor]:
 
 
 @_quantize_rows_op.register_fake
-def _(x, backend):
+def _(x, col_scale, backend):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
@@ -191,14 +197,19 @@ def _(x_q, x_scale, w_q, w_scale, bias, out_dtype, backend):
 _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def quantize_per_token(x: Tensor, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+def quantize_per_token(x: Tensor, *, col_scale: Optional[Tensor] = None,
+                       backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """Symmetric per-token (per-row over the last dim) int8 quantisation of a float tensor:
-    returns (x_int8 shaped like x, scale fp32 shaped x.shape[:-1]); x ~= x_int8 * scale."""
+    returns (x_int8 shaped like x, scale fp32 shaped x.shape[:-1]); x ~= x_int8 * scale.
+    col_scale (hidden,): quantise x * col_scale, fused into the pass over x (SmoothQuant)."""
     if not isinstance(x, torch.Tensor) or x.dtype not in _OUT_DTYPES:
         raise ValueError(f"quantize_per_token: x must be float32/bfloat16/float16, got {getattr(x, 'dtype', x)}")
     if x.dim() == 0 or x.shape[-1] == 0:
         raise ValueError(f"quantize_per_token: x needs a non-empty last dimension, got shape {tuple(x.shape)}")
-    return _dispatch.call(_quantize_rows_op, x, _resolve(x, backend, x.dtype))
+    if col_scale is not None and (tuple(col_scale.shape) != (x.shape[-1],) or col_scale.device != x.device):
+        raise ValueError(f"quantize_per_token: col_scale must have shape ({x.shape[-1]},) on {x.device}, got "
+                         f"{tuple(col_scale.shape)} on {col_scale.device}")
+    return _dispatch.call(_quantize_rows_op, x, col_scale, _resolve(x, backend, x.dtype))
 
 
 def quantize_per_channel(w: Tensor, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
