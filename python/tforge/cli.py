@@ -47,7 +47,9 @@ def _print_info(info: dict) -> None:
           f"triton {info['triton'] or 'not installed'})")
     print(f"platform        {info['platform']}")
     cpu = info["cpu"]
-    print(f"CPU kernels     {cpu['kernel_isa'] or 'not built'} ({cpu['processor']}, {cpu['threads']} threads)")
+    int8_isa = info["backends"]["cpu"].get("int8_isa")
+    print(f"CPU kernels     {cpu['kernel_isa'] or 'not built'}{f' (int8: {int8_isa})' if int8_isa else ''} "
+          f"({cpu['processor']}, {cpu['threads']} threads)")
     if info["cuda_kernels_compiled"]:
         print(f"CUDA kernels    compiled for {info['cuda_archs']}; {info['cuda_runtime']}")
     else:
