@@ -435,10 +435,10 @@ def evaluate_goals(records: Sequence[dict], ops: dict) -> list[dict]:
     goals = []
     by = {(r["op"], tuple(r["shape"]), r["dtype"], r["direction"], r["device"], r["backend"]): r for r in records}
     for op in ops.values():
-        # CPU, fp32, forward, our C++ kernel vs eager: at every shape that ran.
+        # CPU, fp32, forward, our C++ kernel vs eager: at the goal shapes (the defaults) that ran.
         if op.cpu_fwd_goal is not None:
             rs = [r for k, r in by.items() if k[0] == op.name and k[2] == "float32" and k[3] == "fwd"
-                  and k[4] == "cpu" and k[5] == "cpu"]
+                  and k[4] == "cpu" and k[5] == "cpu" and k[1] in DEFAULT_SHAPES]
             what = f"CPU fp32 {op.name} forward >= {op.cpu_fwd_goal:.1f}x eager{op.goal_note}"
             if not rs:
                 goals.append({"what": what, "met": None, "detail": "not measured in this run"})
