@@ -98,7 +98,9 @@ def run(args) -> list[dict]:
     records = []
     for (b, s, h, d) in shapes:
         for dtype in dtypes:
-            backends = [n for n in (args.backends or ["cpu", "cuda", "triton"])
+            # Triton on a CPU is its slow interpreter: only when asked for.
+            default = ["cpu", "cuda", "triton"] if device.type == "cuda" else ["cpu"]
+            backends = [n for n in (args.backends or default)
                         if (_backend.why_unavailable(n, device, dtype) or _head_dim_reason(n, d, dtype)) is None]
             q, k, v = (torch.randn(b, s, h, d, device=device, dtype=dtype) for _ in range(3))
             qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))

@@ -50,7 +50,9 @@ def run(args) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     fdtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shapes = [QUICK_SHAPE] if args.quick else (args.shapes or (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES))
-    backends = [n for n in (args.backends or ["cpu", "cuda", "triton"])
+    # Triton on a CPU is its slow interpreter: only when asked for.
+    default = ["cpu", "cuda", "triton"] if device.type == "cuda" else ["cpu"]
+    backends = [n for n in (args.backends or default)
                 if (_backend.why_unavailable(n, device, torch.float32) or _op_reason(n, device)) is None]
     minfo, vers = machine.machine_info(device), machine.versions()
     run_id = uuid.uuid4().hex[:8]
