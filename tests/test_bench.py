@@ -133,14 +133,42 @@ def test_bench_real_functions_and_do_bench():
         harness.do_bench(lambda: a + a, warmup=1, rep=2, return_mode="bogus", device="cpu")
 
 
-@pytest.mark.skipif(harness.resource is None, reason="no resource module")
-def test_page_faults_are_counted_per_call():
-    n = 64 * 2**20 // 4  # above glibc's largest mmap threshold: fresh pages every call
-    stats = harness.bench_interleaved({"fresh": lambda: torch.empty(n).fill_(1.0), "noop": lambda: None},
+def test_page_faults_are_counted_per_call(monkeypatch):
+    # A fake fault counter that only "touch" moves: the accounting is checked
+    # exactly, whatever the kernel reports (some sandboxes never count faults).
+    counter = {"n": 0}
+    monkeypatch.setattr(harness, "_minor_faults", lambda: counter["n"])
+
+    def touch():
+        counter["n"] += 10
+
+    stats = harness.bench_interleaved({"touch": touch, "noop": lambda: None}, warmup=1, repeats=3,
+                                      min_repeats=3, max_seconds=5.0, min_sample_ms=0.0)
+    assert stats["touch"].faults == [10.0] * stats["touch"].n
+    assert stats["noop"].faults == [0.0] * stats["noop"].n
+
+
+def _touch_fresh_pages(size=16 * 2**20):
+    import mmap
+    buf = mmap.mmap(-1, size)  # anonymous mapping: every page is new
+    for off in range(0, size, 4096):
+        buf[off] = 1
+    buf.close()
+
+
+def _os_counts_minor_faults() -> bool:
+    before = harness._minor_faults()
+    _touch_fresh_pages()
+    return before is not None and harness._minor_faults() > before
+
+
+@pytest.mark.skipif(harness.resource is None or not _os_counts_minor_faults(),
+                    reason="this kernel/sandbox does not report minor page faults")
+def test_page_faults_of_fresh_memory_are_seen():
+    stats = harness.bench_interleaved({"fresh": _touch_fresh_pages, "noop": lambda: None},
                                       warmup=1, repeats=3, min_repeats=3, max_seconds=5.0)
     assert stats["fresh"].faults_per_call > 0
-    assert stats["noop"].faults_per_call is not None and stats["noop"].faults_per_call < stats["fresh"].faults_per_call
-    assert len(stats["fresh"].faults) == stats["fresh"].n
+    assert stats["noop"].faults_per_call < stats["fresh"].faults_per_call
 
 
 def test_bench_rejects_bad_arguments():
