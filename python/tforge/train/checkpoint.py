@@ -1,0 +1,556 @@
+"""Checkpoints that survive crashes and refuse corrupted files, without pickle.
+
+Layout of one checkpoint directory (root/step-00000100/)::
+
+    model.safetensors      model state_dict; tied weights stored once, aliases in the header
+    optimizer.safetensors  optimizer state tensors, keys state.{param}.{name}
+    optimizer.json         param_groups and the non-tensor optimizer state
+    trainer.json           step, data state, scheduler state, history tail, config, ...
+    rng.safetensors        torch CPU/CUDA, numpy and python RNG states (per rank)
+    manifest.json          sha256 and size of every file above
+
+A checkpoint is written into root/.tmp-<name>-<pid>/, each file fsynced, then
+renamed into place with os.replace (atomic on POSIX), and only then does the
+`latest` pointer file (also replaced atomically) move to it. A crash mid-save
+leaves the previous checkpoint and pointer untouched. Loading checks every file
+against the manifest and raises CheckpointError naming the bad file. Nothing
+is unpickled: tensors come from safetensors, everything else from JSON.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+FORMAT = "tforge-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LATEST = "latest"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+OPTIMIZER_JSON = "optimizer.json"
+TRAINER_JSON = "trainer.json"
+RNG_FILE = "rng.safetensors"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+_ALIAS_KEY = "tforge.aliases"
+_ORDER_KEY = "tforge.order"
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, truncated or was modified."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+# ------------------------------------------------------------ small file helpers
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; durability is best-effort there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> dict[str, Any]:
+    """Write and fsync; return the manifest entry (sha256 and size)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor) and value.numel() <= 1024:
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"value of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _json_bytes(obj: Any, what: str) -> bytes:
+    try:
+        return json.dumps(obj, indent=1, default=_json_default, allow_nan=True).encode()
+    except TypeError as e:
+        raise TypeError(f"{what} must be JSON-serialisable: {e}") from None
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Replace `path` with `text` atomically (temp file + fsync + os.replace)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _write_bytes(tmp, text.encode())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# ------------------------------------------------------------ state dicts <-> safetensors
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.device.type, t.untyped_storage().data_ptr())
+
+
+def state_dict_to_safetensors(state_dict: Mapping[str, torch.Tensor],
+                              metadata: Optional[dict[str, str]] = None) -> bytes:
+    """Serialise a state dict. Entries that are the same tensor (tied weights)
+    are stored once and recorded as aliases in the header; other tensors that
+    share storage with a different view are copied (safetensors refuses shared
+    storage)."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    exact: dict[tuple, str] = {}
+    storages: set[tuple] = set()
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state dict entry {name!r} is a {type(value).__name__}, not a tensor; "
+                            "only tensors can be stored in safetensors")
+        t = value.detach()
+        if hasattr(t, "full_tensor"):  # DTensor: callers gather before saving; be safe anyway
+            t = t.full_tensor()
+        if t.numel() == 0:
+            tensors[name] = t.cpu().contiguous()
+            continue
+        view = (_storage_key(t), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if view in exact:
+            aliases[name] = exact[view]
+            continue
+        exact[view] = name
+        shared = _storage_key(t) in storages
+        storages.add(_storage_key(t))
+        t = t.cpu()
+        tensors[name] = t.clone() if shared or not t.is_contiguous() else t
+    # a CPU tensor still sharing memory with an earlier one (e.g. a slice of a
+    # bigger buffer) must be copied so safetensors sees disjoint storage
+    seen: set[int] = set()
+    for name, t in tensors.items():
+        if t.numel() == 0:
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            tensors[name] = t.clone()
+            ptr = tensors[name].untyped_storage().data_ptr()
+        seen.add(ptr)
+    meta = dict(metadata or {})
+    if aliases:
+        meta[_ALIAS_KEY] = json.dumps(aliases)
+    meta[_ORDER_KEY] = json.dumps(list(state_dict))
+    return safetensors.torch.save(tensors, metadata=meta or None)
+
+
+def _parse_safetensors(data: bytes, where: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        tensors = safetensors.torch.load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + header_len]).get("__metadata__", {}) or {}
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{where}: not a valid safetensors file ({e})") from None
+    return tensors, metadata
+
+
+def safetensors_to_state_dict(data: bytes, where: str = "safetensors data") -> dict[str, torch.Tensor]:
+    """Inverse of state_dict_to_safetensors: aliases point at the same tensor again."""
+    tensors, metadata = _parse_safetensors(data, where)
+    for alias, target in json.loads(metadata.get(_ALIAS_KEY, "{}")).items():
+        if target not in tensors:
+            raise CheckpointError(f"{where}: alias {alias!r} points at missing tensor {target!r}")
+        tensors[alias] = tensors[target]
+    # safetensors returns tensors in a per-process hash order; the state dict's own order is
+    # restored so every rank walks the keys alike (FSDP loads issue one collective per key)
+    order = [k for k in json.loads(metadata.get(_ORDER_KEY, "[]")) if k in tensors]
+    order += sorted(k for k in tensors if k not in set(order))
+    return {k: tensors[k] for k in order}
+
+
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: PathLike,
+                    metadata: Optional[dict[str, str]] = None) -> None:
+    """Write a state dict as one safetensors file (tied weights deduplicated), fsynced."""
+    _write_bytes(Path(path), state_dict_to_safetensors(state_dict, metadata))
+
+
+def load_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such safetensors file: {path}")
+    return safetensors_to_state_dict(path.read_bytes(), str(path))
+
+
+# ------------------------------------------------------------ optimizer state
+
+def flatten_optimizer_state(osd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (keys state.{param}.{name})
+    and a JSON-able rest. `param` is the state key (an int index, or for
+    FSDP full state dicts a parameter name; those get a running number)."""
+    tensors: dict[str, torch.Tensor] = {}
+    state_meta = []
+    for i, (key, entry) in enumerate(osd.get("state", {}).items()):
+        tag = str(key) if isinstance(key, int) else f"n{i}"
+        item: dict[str, Any] = {"key": key, "tensors": {}, "values": {}}
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tkey = f"state.{tag}.{name}"
+                tensors[tkey] = value.detach().cpu().contiguous()
+                item["tensors"][name] = tkey
+            else:
+                item["values"][name] = value
+        state_meta.append(item)
+    groups = []
+    for g, group in enumerate(osd.get("param_groups", [])):
+        plain: dict[str, Any] = {}
+        for name, value in group.items():
+            if isinstance(value, torch.Tensor):  # e.g. lr as a tensor (capturable optimizers)
+                tkey = f"param_groups.{g}.{name}"
+                tensors[tkey] = value.detach().cpu().contiguous()
+                plain[name] = {"__tensor__": tkey}
+            elif isinstance(value, tuple):
+                plain[name] = {"__tuple__": list(value)}
+            else:
+                plain[name] = value
+        groups.append(plain)
+    return tensors, {"state": state_meta, "param_groups": groups}
+
+
+def unflatten_optimizer_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    def restore(value: Any) -> Any:
+        if isinstance(value, dict) and "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if isinstance(value, dict) and "__tuple__" in value:
+            return tuple(value["__tuple__"])
+        return value
+
+    state = {}
+    for item in meta["state"]:
+        entry = {name: tensors[tkey] for name, tkey in item["tensors"].items()}
+        entry.update(item["values"])
+        state[item["key"]] = entry
+    groups = [{name: restore(v) for name, v in group.items()} for group in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+# ------------------------------------------------------------ RNG state
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's RNG states: torch CPU and CUDA, numpy's and python's
+    global generators, as tensors plus a JSON-able remainder."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, py_state, gauss_next = random.getstate()
+    tensors["python_state"] = torch.tensor(py_state, dtype=torch.int64)
+    meta = {"numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": version, "gauss_next": gauss_next}}
+    return tensors, meta
+
+
+def set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))
+    if cuda and torch.cuda.is_available():
+        states = [tensors[k] for k in cuda]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+        else:
+            torch.cuda.set_rng_state(states[0])
+    n = meta["numpy"]
+    np.random.set_state((n["kind"], tensors["numpy_keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = meta["python"]
+    random.setstate((p["version"], tuple(int(x) for x in tensors["python_state"].tolist()), p["gauss_next"]))
+
+
+def rng_state_bytes() -> bytes:
+    """This process's RNG state as one safetensors blob (for gathering across ranks)."""
+    tensors, meta = rng_state()
+    return safetensors.torch.save(tensors, metadata={"rng": json.dumps(meta)})
+
+
+def _merge_rng_blobs(blobs: list[bytes]) -> bytes:
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"world_size": len(blobs)}
+    for rank, blob in enumerate(blobs):
+        t, m = _parse_safetensors(blob, f"rng state of rank {rank}")
+        tensors.update({f"rank{rank}.{k}": v for k, v in t.items()})
+        meta[f"rank{rank}"] = json.loads(m["rng"])
+    return safetensors.torch.save(tensors, metadata={"rng": json.dumps(meta)})
+
+
+def restore_rng_from_bytes(data: bytes, rank: int = 0, where: str = RNG_FILE) -> bool:
+    """Restore this rank's RNG states from rng.safetensors bytes. Returns False
+    (and changes nothing) when the checkpoint has no state for this rank (it
+    was written with fewer processes)."""
+    tensors, metadata = _parse_safetensors(data, where)
+    meta = json.loads(metadata.get("rng", "{}"))
+    if f"rank{rank}" not in meta:
+        return False
+    prefix = f"rank{rank}."
+    set_rng_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, meta[f"rank{rank}"])
+    return True
+
+
+# ------------------------------------------------------------ model / optimizer access
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP (.module) and torch.compile (._orig_mod) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+# ------------------------------------------------------------ directories
+
+def list_checkpoints(root: PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of every finished step-* checkpoint under root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        m = _STEP_DIR.match(entry.name)
+        if m and entry.is_dir() and (entry / MANIFEST).is_file():
+            found.append((int(m.group(1)), entry))
+    return sorted(found)
+
+
+def find_checkpoint(path: PathLike) -> Optional[Path]:
+    """Resolve what to load: `path` itself when it is a checkpoint directory,
+    else the one its `latest` file names, else the newest step-* directory;
+    None when there is none."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    pointer = path / LATEST
+    if pointer.is_file():
+        target = path / pointer.read_text().strip()
+        if target.is_dir() and (target / MANIFEST).is_file():
+            return target
+    found = list_checkpoints(path)
+    return found[-1][1] if found else None
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    found = list_checkpoints(root)
+    pointer = root / LATEST
+    protected = pointer.read_text().strip() if pointer.is_file() else None
+    for _, path in found[:-keep_last]:
+        if path.name != protected:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _clean_stale_temps(root: Path) -> None:
+    for entry in root.glob(".tmp-*"):
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+# ------------------------------------------------------------ save
+
+def save_checkpoint(root: PathLike, step: int, model: Optional[nn.Module] = None,
+                    optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
+                    data_state: Optional[dict] = None, extra: Optional[dict] = None, *, keep_last: int = 3,
+                    model_state: Optional[Mapping[str, torch.Tensor]] = None,
+                    optimizer_state: Optional[Mapping[str, Any]] = None,
+                    rng_blobs: Optional[list[bytes]] = None, name: Optional[str] = None,
+                    update_latest: bool = True) -> Path:
+    """Write checkpoint root/step-XXXXXXXX (or root/<name>) atomically and return its path.
+
+    model/optimizer give the state dicts unless model_state/optimizer_state
+    are passed (already gathered, e.g. full state dicts under FSDP). rng_blobs:
+    per-rank rng_state_bytes() (default: this process only). extra goes into
+    trainer.json next to step, data_state and the scheduler state. With
+    update_latest the `latest` pointer moves here and all but the newest
+    `keep_last` step directories are removed (0 keeps all).
+    """
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_stale_temps(root)
+    dir_name = name or step_dir_name(step)
+    final = root / dir_name
+    tmp = root / f".tmp-{dir_name}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        files: dict[str, dict[str, Any]] = {}
+        if model_state is None and model is not None:
+            model_state = unwrap_model(model).state_dict()
+        if model_state is not None:
+            files[MODEL_FILE] = _write_bytes(tmp / MODEL_FILE, state_dict_to_safetensors(model_state))
+        if optimizer_state is None and optimizer is not None:
+            optimizer_state = optimizer.state_dict()
+        if optimizer_state is not None:
+            tensors, meta = flatten_optimizer_state(optimizer_state)
+            files[OPTIMIZER_FILE] = _write_bytes(tmp / OPTIMIZER_FILE, safetensors.torch.save(tensors))
+            files[OPTIMIZER_JSON] = _write_bytes(tmp / OPTIMIZER_JSON, _json_bytes(meta, "optimizer state"))
+        blobs = rng_blobs if rng_blobs is not None else [rng_state_bytes()]
+        files[RNG_FILE] = _write_bytes(tmp / RNG_FILE, _merge_rng_blobs(blobs))
+        trainer = {"step": step, "data_state": data_state,
+                   "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                   "torch_version": torch.__version__, "saved_at": time.time()}
+        trainer.update(extra or {})
+        files[TRAINER_JSON] = _write_bytes(tmp / TRAINER_JSON, _json_bytes(trainer, "trainer state (extra, data_state)"))
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, "files": files}
+        _write_bytes(tmp / MANIFEST, _json_bytes(manifest, "manifest"))
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving the same step: swap the old one out first
+            old = root / f".tmp-old-{dir_name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if update_latest and name is None:
+        write_text_atomic(root / LATEST, dir_name + "\n")
+        _prune(root, keep_last)
+    return final
+
+
+# ------------------------------------------------------------ load
+
+def _read_manifest(ckpt: Path) -> dict[str, Any]:
+    path = ckpt / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} is missing (incomplete save or not a tforge checkpoint)")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"checkpoint {ckpt}: {MANIFEST} is not a {FORMAT} manifest")
+    return manifest
+
+
+def _read_verified(ckpt: Path, name: str, manifest: dict[str, Any]) -> bytes:
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise CheckpointError(f"checkpoint {ckpt}: {name} is not listed in {MANIFEST}")
+    path = ckpt / name
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt}: file {name} is missing")
+    data = path.read_bytes()
+    if len(data) != entry["bytes"]:
+        raise CheckpointError(f"checkpoint {ckpt}: file {name} has {len(data)} bytes but the manifest says "
+                              f"{entry['bytes']} (truncated or partially written)")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise CheckpointError(f"checkpoint {ckpt}: file {name} fails its sha256 check (modified or corrupted)")
+    return data
+
+
+def verify_checkpoint(path: PathLike) -> dict[str, Any]:
+    """Check every file against the manifest; return the manifest or raise CheckpointError."""
+    ckpt = Path(path)
+    manifest = _read_manifest(ckpt)
+    for name in manifest["files"]:
+        _read_verified(ckpt, name, manifest)
+    return manifest
+
+
+@dataclass
+class CheckpointContents:
+    """Everything a checkpoint holds, verified and parsed (tensors on CPU)."""
+    path: Path
+    trainer: dict[str, Any]
+    model_state: Optional[dict[str, torch.Tensor]] = None
+    optimizer_state: Optional[dict[str, Any]] = None
+    rng: Optional[bytes] = field(default=None, repr=False)
+
+    @property
+    def step(self) -> int:
+        return int(self.trainer["step"])
+
+
+def read_checkpoint(path: PathLike) -> CheckpointContents:
+    """Verify and parse a checkpoint directory (or a root with `latest`)."""
+    ckpt = find_checkpoint(path)
+    if ckpt is None:
+        raise CheckpointError(f"no checkpoint found at {path}")
+    manifest = _read_manifest(ckpt)
+    blobs = {name: _read_verified(ckpt, name, manifest) for name in manifest["files"]}
+    if TRAINER_JSON not in blobs:
+        raise CheckpointError(f"checkpoint {ckpt}: {TRAINER_JSON} is not listed in {MANIFEST}")
+    try:
+        trainer = json.loads(blobs[TRAINER_JSON])
+        opt_meta = json.loads(blobs[OPTIMIZER_JSON]) if OPTIMIZER_JSON in blobs else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: bad JSON ({e})") from None
+    contents = CheckpointContents(path=ckpt, trainer=trainer, rng=blobs.get(RNG_FILE))
+    if MODEL_FILE in blobs:
+        contents.model_state = safetensors_to_state_dict(blobs[MODEL_FILE], f"checkpoint {ckpt}: {MODEL_FILE}")
+    if OPTIMIZER_FILE in blobs:
+        if opt_meta is None:
+            raise CheckpointError(f"checkpoint {ckpt}: {OPTIMIZER_FILE} without {OPTIMIZER_JSON}")
+        tensors, _ = _parse_safetensors(blobs[OPTIMIZER_FILE], f"checkpoint {ckpt}: {OPTIMIZER_FILE}")
+        try:
+            contents.optimizer_state = unflatten_optimizer_state(tensors, opt_meta)
+        except KeyError as e:
+            raise CheckpointError(f"checkpoint {ckpt}: {OPTIMIZER_JSON} names tensor {e} "
+                                  f"missing from {OPTIMIZER_FILE}") from None
+    return contents
+
+
+def load_checkpoint(path: PathLike, model: Optional[nn.Module] = None,
+                    optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None, *,
+                    restore_rng: bool = True, strict: bool = True, rank: int = 0) -> dict[str, Any]:
+    """Load a checkpoint into plain (non-FSDP) objects and return trainer.json
+    (with "path" added). Raises CheckpointError when a file fails verification
+    or a requested part is absent."""
+    contents = read_checkpoint(path)
+    if model is not None:
+        if contents.model_state is None:
+            raise CheckpointError(f"checkpoint {contents.path}: has no {MODEL_FILE}")
+        unwrap_model(model).load_state_dict(contents.model_state, strict=strict)
+    if optimizer is not None:
+        if contents.optimizer_state is None:
+            raise CheckpointError(f"checkpoint {contents.path}: has no {OPTIMIZER_FILE}")
+        optimizer.load_state_dict(contents.optimizer_state)
+    if scheduler is not None and contents.trainer.get("scheduler") is not None:
+        scheduler.load_state_dict(contents.trainer["scheduler"])
+    if restore_rng and contents.rng is not None:
+        restore_rng_from_bytes(contents.rng, rank, f"checkpoint {contents.path}: {RNG_FILE}")
+    return {**contents.trainer, "path": str(contents.path)}
+
+
+__all__ = ["CheckpointError", "CheckpointContents", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+           "verify_checkpoint", "find_checkpoint", "list_checkpoints", "save_state_dict", "load_state_dict",
+           "state_dict_to_safetensors", "safetensors_to_state_dict", "flatten_optimizer_state",
+           "unflatten_optimizer_state", "rng_state", "set_rng_state", "rng_state_bytes", "restore_rng_from_bytes",
+           "unwrap_model", "write_text_atomic", "step_dir_name"]
