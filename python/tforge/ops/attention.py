@@ -167,8 +167,11 @@ def _check_cu_seqlens(op: str, q: Tensor, k: Tensor, cu_q: Tensor, cu_k: Tensor,
             raise ValueError(f"{op}: {name} is on {cu.device} but q is on {q.device}")
         if not isinstance(mx, int) or mx < 0:
             raise ValueError(f"{op}: max_seqlen for {name} must be an int >= 0, got {mx!r}")
-        if cu.device.type == "cpu" and not isinstance(cu, torch._subclasses.FakeTensor):
-            vals = cu.tolist()  # cheap on CPU; on GPU the kernels bound-check instead of syncing
+        # Contents are checked eagerly on CPU only: cheap there; on GPU the kernels bound-check instead of
+        # syncing, and under torch.compile the values are not known while tracing.
+        if cu.device.type == "cpu" and not isinstance(cu, torch._subclasses.FakeTensor) \
+                and not torch.compiler.is_compiling():
+            vals = cu.tolist()
             lens = [b - a for a, b in zip(vals, vals[1:])]
             if vals[0] != 0 or any(n < 0 for n in lens) or vals[-1] != total:
                 raise ValueError(f"{op}: {name} must start at 0, not decrease and end at the token count "
