@@ -16,13 +16,16 @@
 #include "common/cpu_features.h"
 #include "common/norm_args.h"
 #include "common/int8_args.h"
+#include "common/sparse24_args.h"
 #include "cpu/attention.h"
 #include "cpu/int8.h"
 #include "cpu/norm.h"
+#include "cpu/sparse24.h"
 #if defined(TFORGE_WITH_CUDA)
 #include "cuda/attention.h"
 #include "cuda/int8.h"
 #include "cuda/norm.h"
+#include "cuda/sparse24.h"
 #endif
 
 namespace py = pybind11;
@@ -373,6 +376,85 @@ void def_int8(py::module_& m) {
 #endif
 }
 
+// ---- 2:4 sparsity: sparse linear from the packed form, and N:M masks.
+
+tforge::Sparse24LinearArgs s24_args(uintptr_t x, int64_t x_stride, uintptr_t values, uintptr_t meta, int64_t M,
+                                    int64_t N, int64_t K, int dtype, int values_dtype, uintptr_t y, int64_t y_stride,
+                                    uintptr_t bias, uintptr_t scale) {
+  tforge::Sparse24LinearArgs a;
+  a.x = ptr<const void>(x);
+  a.x_stride = x_stride;
+  a.values = ptr<const void>(values);
+  a.meta = ptr<const uint8_t>(meta);
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.dtype = dtype;
+  a.values_dtype = values_dtype;
+  a.y = ptr<void>(y);
+  a.y_stride = y_stride;
+  a.bias = ptr<const float>(bias);
+  a.scale = ptr<const float>(scale);
+  return a;
+}
+
+tforge::NMMaskArgs nm_args(uintptr_t scores, int64_t s_stride, int64_t rows, int64_t cols, int dtype, int n, int m,
+                           uintptr_t mask) {
+  tforge::NMMaskArgs a;
+  a.scores = ptr<const void>(scores);
+  a.s_stride = s_stride;
+  a.rows = rows;
+  a.cols = cols;
+  a.dtype = dtype;
+  a.n = n;
+  a.m = m;
+  a.mask = ptr<uint8_t>(mask);
+  return a;
+}
+
+#define TF_S24_ARGS                                                                                           \
+  py::arg("x"), py::arg("x_stride"), py::arg("values"), py::arg("meta"), py::arg("M"), py::arg("N"),          \
+      py::arg("K"), py::arg("dtype"), py::arg("values_dtype"), py::arg("y"), py::arg("y_stride"),             \
+      py::arg("bias"), py::arg("scale")
+#define TF_NM_ARGS                                                                                            \
+  py::arg("scores"), py::arg("s_stride"), py::arg("rows"), py::arg("cols"), py::arg("dtype"), py::arg("n"),   \
+      py::arg("m"), py::arg("mask")
+
+void def_sparse24(py::module_& m) {
+  m.def(
+      "sparse24_linear_cpu",
+      [](uintptr_t x, int64_t xs, uintptr_t values, uintptr_t meta, int64_t M, int64_t N, int64_t K, int dtype,
+         int values_dtype, uintptr_t y, int64_t ys, uintptr_t bias, uintptr_t scale, int threads) {
+        tforge::cpu::sparse24_linear(
+            s24_args(x, xs, values, meta, M, N, K, dtype, values_dtype, y, ys, bias, scale), threads);
+      },
+      TF_S24_ARGS, py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "nm_mask_cpu",
+      [](uintptr_t scores, int64_t ss, int64_t rows, int64_t cols, int dtype, int n, int mm, uintptr_t mask,
+         int threads) { tforge::cpu::nm_mask(nm_args(scores, ss, rows, cols, dtype, n, mm, mask), threads); },
+      TF_NM_ARGS, py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+  m.def("sparse24_cpu_isa", &tforge::cpu::sparse24_kernel_isa,
+        "sparse24_linear CPU kernel set chosen at run time: 'avx2' or 'scalar'");
+#if defined(TFORGE_WITH_CUDA)
+  m.def(
+      "sparse24_linear_cuda",
+      [](uintptr_t x, int64_t xs, uintptr_t values, uintptr_t meta, int64_t M, int64_t N, int64_t K, int dtype,
+         int values_dtype, uintptr_t y, int64_t ys, uintptr_t bias, uintptr_t scale, int device, uintptr_t stream) {
+        tforge::cuda::sparse24_linear(
+            s24_args(x, xs, values, meta, M, N, K, dtype, values_dtype, y, ys, bias, scale), device, stream);
+      },
+      TF_S24_ARGS, py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "nm_mask_cuda",
+      [](uintptr_t scores, int64_t ss, int64_t rows, int64_t cols, int dtype, int n, int mm, uintptr_t mask,
+         int device, uintptr_t stream) {
+        tforge::cuda::nm_mask(nm_args(scores, ss, rows, cols, dtype, n, mm, mask), device, stream);
+      },
+      TF_NM_ARGS, py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -381,6 +463,7 @@ PYBIND11_MODULE(_C, m) {
   def_norm(m, "rms_norm", true);
   def_attention(m);
   def_int8(m);
+  def_sparse24(m);
 
   m.def("cpu_isa", &tforge::cpu_kernel_isa, "CPU kernel set chosen at run time: 'avx2' or 'scalar'");
   m.def("int8_cpu_isa", &tforge::cpu::int8_kernel_isa, "int8 CPU kernel set: 'avx512vnni', 'avx2' or 'scalar'");
