@@ -4,5 +4,8 @@ from tforge.nn.attention import Attention
 from tforge.nn.int8_linear import Int8Linear
 from tforge.nn.norm import LayerNorm, RMSNorm
 from tforge.nn.rotary import RotaryEmbedding, apply_rotary
+from tforge.nn.lora import LoRALinear
+from tforge.nn.sparse_linear import SparseLinear
 
-__all__ = ["Attention", "Int8Linear", "LayerNorm", "RMSNorm", "RotaryEmbedding", "apply_rotary"]
+__all__ = ["Attention", "Int8Linear", "LayerNorm", "LoRALinear", "RMSNorm", "RotaryEmbedding", "SparseLinear",
+           "apply_rotary"]
