@@ -341,3 +341,24 @@ def test_sparsify_hf_bert_blocks_and_outside_linears():
     assert all(_is_nm(model.get_submodule(n).mask) for n in report.pruned)
     with torch.no_grad():
         assert torch.isfinite(model(**batches[0]).last_hidden_state).all()
+
+
+def test_quantize_composes_with_2to4():
+    """sparsify_ then quantize_: the 2:4 layers become packed int8 2:4 (weight-only) and the
+    output stays close to the pruned float model's."""
+    from tforge.compress import Int8Config, Sparse24Config, quantize_, sparsify_
+    from tforge.nn import SparseLinear
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 16))
+    x = torch.randn(8, 32)
+    sparsify_(model, Sparse24Config(method="magnitude"))
+    ref = model(x)
+    report = quantize_(model, Int8Config(smoothquant_alpha=None))
+    assert report["sparse24_int8"] == ["0", "2"]
+    for i in (0, 2):
+        layer = model[i]
+        assert isinstance(layer, SparseLinear) and layer.is_packed and layer.values.dtype == torch.int8
+    out = model(x)
+    rel = (out - ref).norm() / ref.norm()
+    assert rel < 0.02, f"int8 2:4 relative error {rel:.4f}"

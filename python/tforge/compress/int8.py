@@ -12,6 +12,7 @@ BERT). Every other Linear divides its input by s at run time.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 from typing import Iterable, Optional
 
@@ -99,7 +100,8 @@ def _smoothing(model, linears, stats, alpha, probe_batch) -> tuple[dict, dict]:
 
 def quantize_(model: torch.nn.Module, config: Int8Config | None = None, calib_data: Optional[Iterable] = None
               ) -> dict:
-    """Quantise `model`'s nn.Linear layers to Int8Linear in place.
+    """Quantise `model`'s nn.Linear layers to Int8Linear in place, and its 2:4 SparseLinear layers
+    (from tforge.compress.sparsify_) to packed int8 2:4.
 
     calib_data (an iterable of batches the model accepts: kwargs dicts, arg tuples or tensors)
     is needed for SmoothQuant; without it, or with smoothquant_alpha=None, layers are quantised
@@ -117,5 +119,25 @@ def quantize_(model: torch.nn.Module, config: Int8Config | None = None, calib_da
     for name, lin in linears.items():
         _set_module(model, name, Int8Linear.from_float(lin, smooth=runtime.get(name), activations=config.activations,
                                                        backend=config.backend))
+    sparse24 = _quantize_sparse24(model, config.skip)
     return {"quantized": list(linears), "smoothed": folded, "smoothed_at_runtime": sorted(runtime),
-            "skipped": [n for n in all_linears if n not in linears]}
+            "skipped": [n for n in all_linears if n not in linears], "sparse24_int8": sparse24}
+
+
+def _quantize_sparse24(model: torch.nn.Module, skip: tuple) -> list[str]:
+    """2:4 layers from sparsify_ (SparseLinear with a 2:4 mask) become packed int8 2:4 (weight-only:
+    per-channel int8 values, activations stay in floating point). Unstructured ones are left alone."""
+    from tforge.nn.sparse_linear import SparseLinear, nm_violation
+
+    done = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, SparseLinear) or any(fnmatch.fnmatch(name, p) for p in skip):
+            continue
+        if mod.is_packed:
+            if mod.values.dtype == torch.int8:
+                continue
+            mod.unpack()
+        if nm_violation(mod.mask, 2, 4) is None:
+            mod.pack(weight_dtype=torch.int8)
+            done.append(name)
+    return done
