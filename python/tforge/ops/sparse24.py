@@ -1,7 +1,7 @@
 """2:4 (and general n:m) structured sparsity: pruning scores, n:m and unstructured masks, the packed 2:4
 weight format, and the sparse linear y = x @ W^T + bias that reads only the kept weights.
 
-Packed format (/tmp/specs/sparse24.md, csrc/common/sparse24_args.h): a weight W (N, K) in nn.Linear's layout
+Packed format (also in csrc/common/sparse24_args.h): a weight W (N, K) in nn.Linear's layout
 with K % 4 == 0 and at most 2 non-zeros in each group of 4 consecutive columns becomes
   values (N, K/2), W's dtype (or int8 with a per-row fp32 ``scale``): the two kept entries of each group,
          in increasing column order;
