@@ -82,6 +82,7 @@ WORKER = COMMON + textwrap.dedent('''
         with open(f"{result}.rank{rank}.json", "w") as f:
             json.dump({"losses": losses, "wrapped": type(trainer.wrapped).__name__,
                        "resumed_from": str(trainer.resumed_from)}, f)
+        torch.distributed.barrier()  # no rank tears gloo down while the other still talks to it
         torch.distributed.destroy_process_group()
 ''')
 
