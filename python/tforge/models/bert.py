@@ -10,7 +10,9 @@ column for padded input, as HF does, and restart at 0 in every packed
 sequence). State-dict keys follow HF's names except that query/key/value are one
 fused ``attention.self.qkv`` Linear; tforge.models.hf.load_hf_bert maps HF folders.
 Attention-probability dropout is not applied (tforge's kernels have none); hidden
-dropout is.
+dropout is. On CPU in eager mode the layers take tforge.models.gpt's fast paths (oneDNN
+Linear for fp32, attention from the fused qkv whose backward writes one gradient, the
+chunked cross-entropy for the MLM loss); see that module's docstring.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tforge.models.config import BertConfig
-from tforge.models.gpt import IGNORE_INDEX, add_norm, check_cu_seqlens, resolve_max_seqlen
+from tforge.models.gpt import IGNORE_INDEX, _QKVAttention, _qkv_attention_ok, add_norm, check_cu_seqlens, linear, \
+    lm_loss, resolve_max_seqlen
 from tforge.models.output import ModelOutput
 from tforge.nn.norm import LayerNorm
 from tforge.nn.rotary import positions_from_cu_seqlens
@@ -157,12 +160,16 @@ class BertLayer(torch.nn.Module):
 
     def forward(self, h: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
         n, H = h.shape[0], self.n_head
-        q, k, v = self.attention.self.qkv(h).view(n, 3 * H, self.head_dim).split([H, H, H], dim=1)
-        a = attention_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
+        qkv = linear(self.attention.self.qkv, h).view(n, 3 * H, self.head_dim)
+        if _qkv_attention_ok(qkv):  # CPU eager: dq, dk, dv land in one gradient (no cat)
+            a = _QKVAttention.apply(qkv, None, None, cu_seqlens, max_seqlen, H, H, False)
+        else:
+            q, k, v = qkv.split([H, H, H], dim=1)
+            a = attention_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
         out = self.attention.output
-        h, _ = add_norm(out.dropout(out.dense(a.reshape(n, H * self.head_dim))), h, out.LayerNorm)
+        h, _ = add_norm(out.dropout(linear(out.dense, a.reshape(n, H * self.head_dim))), h, out.LayerNorm)
         out = self.output
-        m = out.dense(self.act(self.intermediate.dense(h)))
+        m = linear(out.dense, self.act(linear(self.intermediate.dense, h)))
         h, _ = add_norm(out.dropout(m), h, out.LayerNorm)
         return h
 
@@ -294,7 +301,7 @@ class BertForMaskedLM(torch.nn.Module):
 
     def head(self, h: Tensor) -> Tensor:
         t = self.cls.predictions.transform
-        return self.cls.predictions.decoder(t.LayerNorm(self.act(t.dense(h))))
+        return linear(self.cls.predictions.decoder, t.LayerNorm(self.act(linear(t.dense, h))))
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
                 token_type_ids: Optional[Tensor] = None, labels: Optional[Tensor] = None,
@@ -312,7 +319,7 @@ class BertForMaskedLM(torch.nn.Module):
         where = (flat != IGNORE_INDEX).nonzero().squeeze(1)
         logits = self.head(h[where])
         target = flat[where]
-        loss = (F.cross_entropy(logits.float(), target, reduction="sum") / max(target.numel(), 1))
+        loss = lm_loss(logits, target)  # chunked cross-entropy: mean over the labeled tokens, 0 when none
         return ModelOutput(loss=loss, logits=logits)
 
     def num_params(self) -> int:
