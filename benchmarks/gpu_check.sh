@@ -37,6 +37,7 @@ bench 45 benchmarks/bench_rms_norm.py --dtypes bf16 --repeats 10 --shapes 16384x
 bench 80 benchmarks/bench_attention.py --repeats 10 --max-seconds 4
 bench 50 benchmarks/bench_int8_gemm.py --repeats 10 --max-seconds 4
 bench 50 benchmarks/bench_sparse24.py --repeats 10 --max-seconds 4
+bench 90 benchmarks/bench_train.py --device cuda
 tar czf "$OUT/results_jsonl.tgz" -C "$OUT/jsonl" . && rm -rf "$OUT/jsonl"
 stamp "done, status $status" | tee -a "$OUT/gpu_check.log"
 exit $status
