@@ -24,6 +24,7 @@
 #include "common/checks.h"
 #include "common/cpu_features.h"
 #include "common/dtype.h"
+#include "cpu/workspace.h"
 
 namespace tforge::cpu {
 namespace {
@@ -90,55 +91,12 @@ const Kernels& kernels(Isa isa) {
 }
 #undef TF_INT8_COMMON
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-
-// 64-byte aligned scratch memory. The calling thread keeps up to kKeepBytes
-// between calls (packing buffers are large and fresh pages cost page faults);
-// bigger requests get a buffer of their own, freed on return.
-class Workspace {
- public:
-  static constexpr size_t kKeepBytes = size_t{64} << 20;
-  void* get(size_t bytes) {
-    bytes = static_cast<size_t>(round_up(static_cast<int64_t>(std::max<size_t>(bytes, 64)), 64));
-    if (bytes <= cap_) return buf_.get();
-    void* p = std::aligned_alloc(64, bytes);
-    if (!p) throw std::bad_alloc();
-    buf_.reset(p);
-    cap_ = bytes;
-    return p;
-  }
-  void trim() {
-    if (cap_ > kKeepBytes) {
-      buf_.reset();
-      cap_ = 0;
-    }
-  }
-
- private:
-  struct Free {
-    void operator()(void* p) const { std::free(p); }
-  };
-  std::unique_ptr<void, Free> buf_;
-  size_t cap_ = 0;
-};
-
-struct TrimOnExit {
-  Workspace& ws;
-  ~TrimOnExit() { ws.trim(); }
-};
-
-Workspace& thread_workspace() {
-  static thread_local Workspace ws;
-  return ws;
-}
-
-// Threads worth using for `work` units (a double: M * N * K may be large), at least
-// `grain` per thread, never more than `tasks`.
-int pick_threads(int threads, double work, double grain, int64_t tasks) {
-  const double by_work = std::max(1.0, std::min(work / grain, static_cast<double>(threads)));
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, static_cast<int64_t>(by_work), tasks})));
-}
+using scratch::ceil_div;
+using scratch::pick_threads;
+using scratch::round_up;
+using scratch::thread_workspace;
+using scratch::TrimOnExit;
+using scratch::Workspace;
 
 // Multiply-adds per thread, at least (about 5-20 us of kernel time): M = 1 decode shapes
 // such as 4096 x 4096 still use every thread, as the brief asks of small M.
