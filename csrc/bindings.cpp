@@ -3,7 +3,9 @@
 // builds an argument block, releases the GIL and calls the checked kernel
 // entry. Errors become Python exceptions (std::invalid_argument -> ValueError,
 // std::runtime_error -> RuntimeError). No libtorch: one build serves every
-// torch version.
+// torch version. Built twice: as tforge._C, and with TFORGE_EMULATOR as
+// tforge._emu, whose *_cuda entries run the same CUDA sources on the CPU
+// under the warp-level emulator (csrc/emu).
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -457,8 +459,22 @@ void def_sparse24(py::module_& m) {
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
+#if defined(TFORGE_EMULATOR)
+namespace tforge::emu {
+void def_emulator(py::module_& m);
+}
+#define TFORGE_MODULE _emu
+#else
+#define TFORGE_MODULE _C
+#endif
+
+PYBIND11_MODULE(TFORGE_MODULE, m) {
+#if defined(TFORGE_EMULATOR)
+  m.doc() = "tforge's CUDA kernels run by the warp-level emulator on the CPU (tests only), plus the C++ CPU kernels";
+  tforge::emu::def_emulator(m);
+#else
   m.doc() = "tforge native kernels (C++ CPU and CUDA); see tforge/_native.py for the Python side";
+#endif
   def_norm(m, "layer_norm", false);
   def_norm(m, "rms_norm", true);
   def_attention(m);

@@ -54,6 +54,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.h"
 #include "common/dtype.h"
+#include "cuda/ptx.cuh"
 
 namespace tforge::cuda {
 namespace {
@@ -70,78 +71,20 @@ constexpr int kMaxGridYZ = 65535;
 constexpr float kMinBias = -1e38f;
 
 // ---------------------------------------------------------------------------
-// --- PTX primitives (begin)
+// --- Primitives (the PTX itself lives in cuda/ptx.cuh)
 
-__device__ __forceinline__ uint32_t smem_base() {
-  extern __shared__ __align__(128) unsigned char tf_attn_smem[];
-  return static_cast<uint32_t>(__cvta_generic_to_shared(tf_attn_smem));
-}
+using ptx::cp_async_16;
+using ptx::cp_async_4;
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
+using ptx::ld_shared_v2f;
+using ptx::ld_shared_v4;
+using ptx::ldmatrix_x4;
+using ptx::ldmatrix_x4_trans;
+using ptx::st_shared_b32;
+using ptx::st_shared_v4;
 
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void st_shared_v4(uint32_t a, uint4 v) {
-  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(a), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-               : "memory");
-}
-__device__ __forceinline__ void st_shared_b32(uint32_t a, uint32_t v) {
-  asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(v) : "memory");
-}
-__device__ __forceinline__ uint4 ld_shared_v4(uint32_t a) {
-  uint4 v;
-  asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a));
-  return v;
-}
-__device__ __forceinline__ float2 ld_shared_v2f(uint32_t a) {
-  float2 v;
-  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(a));
-  return v;
-}
-
-// Four 8x8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8,
-// and receives in r[m] row l / 4, columns 2 * (l % 4) + {0, 1} of matrix m
-// (trans: row 2 * (l % 4) + {0, 1}, column l / 4).
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// c[16x8] += a[16x16] b[16x8]. With g = lane / 4, t = lane % 4: a[0] = A[g][2t..2t+1],
-// a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]; b0 = B[2t..2t+1][g],
-// b1 = B[2t+8..][g]; c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..2t+1]. Lower
-// column / row index in the low 16 bits.
-template <class T>
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
+__device__ __forceinline__ uint32_t smem_base() { return ptx::smem_u32(ptx::dynamic_smem()); }
 
 // Two floats rounded (nearest even) to T, `lo` in the low 16 bits.
 template <class T>
@@ -168,13 +111,9 @@ __device__ __forceinline__ float shfl_xor(float v, int mask) { return __shfl_xor
 __device__ __forceinline__ void syncwarp() { __syncwarp(); }
 
 // 2^x (ex2.approx, relative error ~2^-22); -inf -> +0.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
+__device__ __forceinline__ float fast_exp2(float x) { return ptx::ex2_approx_ftz(x); }
 
-// --- PTX primitives (end)
+// --- Primitives (end)
 // ---------------------------------------------------------------------------
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
@@ -320,15 +259,15 @@ __device__ __forceinline__ void gemm_nt(float (&acc)[MT][NT][4], uint32_t sA, in
   for (int ks = 0; ks < C / 2; ++ks) {
     uint32_t a[MT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) ldsm_x4(a[mt], sA + la.at(a_row0 + mt * 16, ks));
+    for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], sA + la.at(a_row0 + mt * 16, ks));
 #pragma unroll
     for (int np = 0; np < NT / 2; ++np) {
       uint32_t bm[4];
-      ldsm_x4(bm, sB + lb.at(np * 16, ks));
+      ldmatrix_x4(bm, sB + lb.at(np * 16, ks));
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        mma_16816<T>(acc[mt][2 * np], a[mt], bm[0], bm[1]);
-        mma_16816<T>(acc[mt][2 * np + 1], a[mt], bm[2], bm[3]);
+        ptx::mma_m16n8k16<T>(acc[mt][2 * np], a[mt], bm[0], bm[1]);
+        ptx::mma_m16n8k16<T>(acc[mt][2 * np + 1], a[mt], bm[2], bm[3]);
       }
     }
   }
@@ -345,11 +284,11 @@ __device__ __forceinline__ void gemm_rs(float (&acc)[MT][C][4], const uint32_t (
 #pragma unroll
     for (int dp = 0; dp < C / 2; ++dp) {
       uint32_t bm[4];
-      ldsm_x4_trans(bm, sB + la.at(ks * 16, dp));
+      ldmatrix_x4_trans(bm, sB + la.at(ks * 16, dp));
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        mma_16816<T>(acc[mt][2 * dp], pa[mt][ks], bm[0], bm[1]);
-        mma_16816<T>(acc[mt][2 * dp + 1], pa[mt][ks], bm[2], bm[3]);
+        ptx::mma_m16n8k16<T>(acc[mt][2 * dp], pa[mt][ks], bm[0], bm[1]);
+        ptx::mma_m16n8k16<T>(acc[mt][2 * dp + 1], pa[mt][ks], bm[2], bm[3]);
       }
     }
   }
@@ -1197,7 +1136,7 @@ void launch(void (*kernel)(Params), Params p, int64_t gx, int64_t gy, int64_t ba
     p.c.batch_base = static_cast<int>(b0);
     const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy),
                     static_cast<unsigned>(std::min<int64_t>(kMaxGridYZ, batch - b0)));
-    kernel<<<grid, kThreads, smem, stream>>>(p);
+    TF_LAUNCH_NAMED(name, grid, kThreads, smem, stream, kernel)(p);
     check_launch(op, name);
   }
 }

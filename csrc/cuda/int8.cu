@@ -50,6 +50,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.h"
 #include "common/dtype.h"
+#include "cuda/ptx.cuh"
 
 namespace tforge::cuda {
 namespace {
@@ -60,40 +61,12 @@ constexpr int64_t kMaxDim = int64_t(INT_MAX) - 1024;
 constexpr int kGroupM = 8;  // tile rows per raster group
 
 // ---------------------------------------------------------------------------
-// PTX wrappers
+// Primitives (the PTX itself lives in cuda/ptx.cuh)
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy: `bytes` (0..16) read from src, the rest of the 16 zero-filled.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// Four 8x8 b16 matrices (here: 8 rows x 16 int8): lanes 8j..8j+7 give the row addresses of
-// matrix j; every lane gets, in r[j], bytes 4*(lane%4)..+3 of row lane/4 of matrix j.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// d += a (16x32, row) * b (32x8, col), int8 inputs, int32 accumulation. With g = lane/4,
-// t = lane%4: a[0] = A[g][4t..4t+3], a[1] = A[g+8][4t..], a[2] = A[g][16+4t..], a[3] = A[g+8][16+4t..];
-// b[0] = B[4t..4t+3][g], b[1] = B[16+4t..][g] (= rows g of the K-major b tile); d[0], d[1] =
-// D[g][2t], D[g][2t+1]; d[2], d[3] = D[g+8][2t], D[g+8][2t+1].
-__device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
+using ptx::ldmatrix_x4;
+using ptx::smem_u32;
 
 // ---------------------------------------------------------------------------
 // Tile configs and the index math shared by the kernels (host-callable, so it can be emulated)
@@ -309,12 +282,12 @@ struct Copier {
 #pragma unroll
     for (int i = 0; i < C::kAIters; ++i) {
       const bool ok = ((a_rows >> i) & 1u) && kbytes > 0;
-      cp_async16(s_a + s_off + i * C::kRowStep * C::BK, ok ? a + i * a_step : p.a, ok ? kbytes : 0);
+      ptx::cp_async_16_zfill(s_a + s_off + i * C::kRowStep * C::BK, ok ? a + i * a_step : p.a, ok ? kbytes : 0);
     }
 #pragma unroll
     for (int i = 0; i < C::kBIters; ++i) {
       const bool ok = ((b_rows >> i) & 1u) && kbytes > 0;
-      cp_async16(s_a + C::BM * C::BK + s_off + i * C::kRowStep * C::BK, ok ? b + i * b_step : p.b,
+      ptx::cp_async_16_zfill(s_a + C::BM * C::BK + s_off + i * C::kRowStep * C::BK, ok ? b + i * b_step : p.b,
                  ok ? kbytes : 0);
     }
     a += C::BK;
@@ -346,14 +319,14 @@ __device__ __forceinline__ void mma_frags(int (&acc)[C::kMT][C::kNT][4], const F
   for (int mt = 0; mt < C::kMT; ++mt) {
 #pragma unroll
     for (int nt = 0; nt < C::kNT; ++nt) {
-      mma_s8(acc[mt][nt], f.a[mt], f.b[nt >> 1][(nt & 1) * 2], f.b[nt >> 1][(nt & 1) * 2 + 1]);
+      ptx::mma_m16n8k32_s8(acc[mt][nt], f.a[mt], f.b[nt >> 1][(nt & 1) * 2], f.b[nt >> 1][(nt & 1) * 2 + 1]);
     }
   }
 }
 
 template <class C, class OutT>
 __global__ void __launch_bounds__(C::kThreads, C::MIN_BLOCKS) int8_gemm_kernel(const GemmParams p) {
-  extern __shared__ __align__(128) uint8_t smem[];
+  uint8_t* smem = ptx::dynamic_smem();
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid & 31, warp = tid >> 5;
   const int wmn = warp % (C::WM * C::WN), wk = warp / (C::WM * C::WN);
@@ -364,7 +337,7 @@ __global__ void __launch_bounds__(C::kThreads, C::MIN_BLOCKS) int8_gemm_kernel(c
   tile_coords(static_cast<int>(blockIdx.x), tiles_m, tiles_n, tm, tn);
   const int m0 = tm * C::BM, n0 = tn * C::BN;
 
-  const uint32_t s_base = smem_addr(smem);
+  const uint32_t s_base = smem_u32(smem);
   int a_off[C::kKS], b_off[C::kKS];
 #pragma unroll
   for (int ks = 0; ks < C::kKS; ++ks) {
@@ -659,14 +632,14 @@ void launch_tc(const GemmParams& p, cudaStream_t s, const char* op) {
                "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
   }
   const int64_t tiles = tc_tiles<C>(p.M, p.N);
-  kernel<<<static_cast<unsigned>(tiles), C::kThreads, C::kSmem, s>>>(p);
+  TF_LAUNCH(static_cast<unsigned>(tiles), C::kThreads, C::kSmem, s, kernel)(p);
   check_launch(op, "int8_gemm_kernel");
 }
 
 template <class OutT>
 void launch_fallback(const GemmParams& p, cudaStream_t s, const char* op) {
   const int64_t tiles = ceil_div(p.M, kFbTile) * ceil_div(p.N, kFbTile);
-  int8_gemm_fallback_kernel<OutT><<<static_cast<unsigned>(tiles), kFbThreads, 0, s>>>(p);
+  TF_LAUNCH(static_cast<unsigned>(tiles), kFbThreads, 0, s, int8_gemm_fallback_kernel<OutT>)(p);
   check_launch(op, "int8_gemm_fallback_kernel");
 }
 
@@ -815,16 +788,16 @@ void quantize_rows(const QuantizeRowsArgs& a, int device, uintptr_t stream) {
   (void)cudaGetLastError();  // do not report someone else's stale error as ours
   switch (a.dtype) {
     case kFloat32:
-      if (vec) quantize_rows_kernel<float, 4><<<grid, threads, 0, s>>>(p);
-      else quantize_rows_kernel<float, 1><<<grid, threads, 0, s>>>(p);
+      if (vec) TF_LAUNCH(grid, threads, 0, s, quantize_rows_kernel<float, 4>)(p);
+      else TF_LAUNCH(grid, threads, 0, s, quantize_rows_kernel<float, 1>)(p);
       break;
     case kBFloat16:
-      if (vec) quantize_rows_kernel<__nv_bfloat16, 8><<<grid, threads, 0, s>>>(p);
-      else quantize_rows_kernel<__nv_bfloat16, 1><<<grid, threads, 0, s>>>(p);
+      if (vec) TF_LAUNCH(grid, threads, 0, s, quantize_rows_kernel<__nv_bfloat16, 8>)(p);
+      else TF_LAUNCH(grid, threads, 0, s, quantize_rows_kernel<__nv_bfloat16, 1>)(p);
       break;
     default:
-      if (vec) quantize_rows_kernel<__half, 8><<<grid, threads, 0, s>>>(p);
-      else quantize_rows_kernel<__half, 1><<<grid, threads, 0, s>>>(p);
+      if (vec) TF_LAUNCH(grid, threads, 0, s, quantize_rows_kernel<__half, 8>)(p);
+      else TF_LAUNCH(grid, threads, 0, s, quantize_rows_kernel<__half, 1>)(p);
       break;
   }
   check_launch(op, "quantize_rows_kernel");

@@ -38,6 +38,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.h"
 #include "common/dtype.h"
+#include "cuda/ptx.cuh"
 
 namespace tforge::cuda {
 namespace {
@@ -626,11 +627,11 @@ void launch_fwd(FwdParams p, bool rms, bool vec, int sms, cudaStream_t stream, c
   p.tpr = pl.tpr;
   const dim3 grid(static_cast<unsigned>(pl.grid)), block(static_cast<unsigned>(pl.threads));
   if (rms) {
-    if (vec) norm_fwd_kernel<T, true, V><<<grid, block, 0, stream>>>(p);
-    else norm_fwd_kernel<T, true, 1><<<grid, block, 0, stream>>>(p);
+    if (vec) TF_LAUNCH(grid, block, 0, stream, norm_fwd_kernel<T, true, V>)(p);
+    else TF_LAUNCH(grid, block, 0, stream, norm_fwd_kernel<T, true, 1>)(p);
   } else {
-    if (vec) norm_fwd_kernel<T, false, V><<<grid, block, 0, stream>>>(p);
-    else norm_fwd_kernel<T, false, 1><<<grid, block, 0, stream>>>(p);
+    if (vec) TF_LAUNCH(grid, block, 0, stream, norm_fwd_kernel<T, false, V>)(p);
+    else TF_LAUNCH(grid, block, 0, stream, norm_fwd_kernel<T, false, 1>)(p);
   }
   check_launch(op, "norm_fwd_kernel");
 }
@@ -642,11 +643,11 @@ void launch_bwd_dx(BwdParams p, bool rms, bool vec, int sms, cudaStream_t stream
   p.tpr = pl.tpr;
   const dim3 grid(static_cast<unsigned>(pl.grid)), block(static_cast<unsigned>(pl.threads));
   if (rms) {
-    if (vec) norm_bwd_dx_kernel<T, true, V><<<grid, block, 0, stream>>>(p);
-    else norm_bwd_dx_kernel<T, true, 1><<<grid, block, 0, stream>>>(p);
+    if (vec) TF_LAUNCH(grid, block, 0, stream, norm_bwd_dx_kernel<T, true, V>)(p);
+    else TF_LAUNCH(grid, block, 0, stream, norm_bwd_dx_kernel<T, true, 1>)(p);
   } else {
-    if (vec) norm_bwd_dx_kernel<T, false, V><<<grid, block, 0, stream>>>(p);
-    else norm_bwd_dx_kernel<T, false, 1><<<grid, block, 0, stream>>>(p);
+    if (vec) TF_LAUNCH(grid, block, 0, stream, norm_bwd_dx_kernel<T, false, V>)(p);
+    else TF_LAUNCH(grid, block, 0, stream, norm_bwd_dx_kernel<T, false, 1>)(p);
   }
   check_launch(op, "norm_bwd_dx_kernel");
 }
@@ -655,10 +656,10 @@ template <class T>
 void launch_bwd_params(const ColParams& cp, int64_t P, int ngrads, void* out0, void* out1, float* ws,
                        cudaStream_t stream, const char* op) {
   const dim3 pgrid(static_cast<unsigned>(ceil_div(cp.cols, kColTile)), static_cast<unsigned>(P));
-  norm_bwd_partials_kernel<T><<<pgrid, dim3(kColTile, kColRowLanes), 0, stream>>>(cp);
+  TF_LAUNCH(pgrid, dim3(kColTile, kColRowLanes), 0, stream, norm_bwd_partials_kernel<T>)(cp);
   check_launch(op, "norm_bwd_partials_kernel");
   const dim3 fgrid(static_cast<unsigned>(ceil_div(cp.cols, kColTile)), static_cast<unsigned>(ngrads));
-  norm_bwd_final_kernel<T><<<fgrid, dim3(kColTile, kFinalLanes), 0, stream>>>(ws, out0, out1, P, cp.cols);
+  TF_LAUNCH(fgrid, dim3(kColTile, kFinalLanes), 0, stream, norm_bwd_final_kernel<T>)(ws, out0, out1, P, cp.cols);
   check_launch(op, "norm_bwd_final_kernel");
 }
 

@@ -58,13 +58,11 @@
 // N:M mask: one thread per group of m <= 16 scores; a score is kept when
 // fewer than n scores of its group beat it (greater, or equal at a lower
 // column).
-//
-// The tile / fragment index math and the CTA body are plain functions over a
-// handful of primitives (cp.async, ldmatrix, mma.sp, shared loads, ...): the
-// CUDA build defines them with PTX below; a host emulator can define them
-// (TFORGE_SP24_EMULATOR) with the ISA's documented semantics and run the very
-// same code on the CPU.
 #include "cuda/sparse24.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <atomic>
@@ -74,24 +72,12 @@
 #include <type_traits>
 
 #include "common/checks.h"
-#include "common/dtype.h"
-
-#ifndef TFORGE_SP24_EMULATOR
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include "common/cuda_utils.h"
+#include "common/dtype.h"
+#include "cuda/ptx.cuh"
+
 #define SP24_DEV __device__ __forceinline__
 #define SP24_HD __host__ __device__ __forceinline__
-// mma.sp::ordered_metadata needs PTX ISA 8.5 (CUDA 12.5); older compilers get plain mma.sp.
-#if defined(__CUDACC_VER_MAJOR__) && \
-    (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 5))
-#define SP24_MMA_SP "mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32."
-#else
-#define SP24_MMA_SP "mma.sp.sync.aligned.m16n8k32.row.col.f32."
-#endif
-#endif
 
 namespace tforge::cuda {
 namespace {
@@ -103,76 +89,33 @@ struct U4 {
   uint32_t x, y, z, w;
 };
 
-#ifndef TFORGE_SP24_EMULATOR
 // ---------------------------------------------------------------------------
-// Primitives (PTX). Shared-memory addresses are 32-bit shared-window addresses.
+// Primitives (the PTX itself lives in cuda/ptx.cuh). Shared-memory addresses are 32-bit
+// shared-window addresses.
 
-SP24_DEV uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
+using ptx::opaque;
 
+SP24_DEV uint32_t smem_addr(const void* p) { return ptx::smem_u32(p); }
 // 16-byte global -> shared copy: `bytes` (0 or 16) read, the rest zero-filled.
-SP24_DEV void cp_async16(uint32_t dst, const void* src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
+SP24_DEV void cp_async16(uint32_t dst, const void* src, int bytes) { ptx::cp_async_16_zfill(dst, src, bytes); }
 // 4-byte global -> shared copy (metadata words).
-SP24_DEV void cp_async4(uint32_t dst, const void* src, int bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-SP24_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-SP24_DEV void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// Four 8x8 b16 matrices: lanes 8j..8j+7 give the row addresses of matrix j; every lane gets,
-// in r[j], elements 2 * (lane % 4) and 2 * (lane % 4) + 1 of row lane / 4 of matrix j.
-SP24_DEV void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// d += A (16x32, 2:4 sparse: a = kept values, e = metadata, selector 0) * B (32x8, col), fp32.
+SP24_DEV void cp_async4(uint32_t dst, const void* src, int bytes) { ptx::cp_async_4_zfill(dst, src, bytes); }
+SP24_DEV void ldsm_x4(uint32_t (&r)[4], uint32_t addr) { ptx::ldmatrix_x4(r, addr); }
 template <bool kBF16>
 SP24_DEV void mma_sp(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t e) {
-  if constexpr (kBF16) {
-    asm(SP24_MMA_SP
-                 "bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9, %10, %11}, "
-                 "{%0, %1, %2, %3}, %12, 0x0;\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]),
-                   "r"(e));
-  } else {
-    asm(SP24_MMA_SP
-                 "f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9, %10, %11}, "
-                 "{%0, %1, %2, %3}, %12, 0x0;\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]),
-                   "r"(e));
-  }
+  ptx::mma_sp_m16n8k32<kBF16>(d, a, b, e);
 }
-
-SP24_DEV uint32_t lds_u32(uint32_t addr) {
-  uint32_t v;
-  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
-  return v;
-}
-SP24_DEV void sts_u32(uint32_t addr, uint32_t v) { asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v)); }
-SP24_DEV void sts_u128(uint32_t addr, const U4& v) {
-  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
-}
-SP24_DEV void sts_f32(uint32_t addr, float v) { asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(addr), "f"(v)); }
+SP24_DEV uint32_t lds_u32(uint32_t addr) { return ptx::ld_shared_b32(addr); }
+SP24_DEV void sts_u32(uint32_t addr, uint32_t v) { ptx::st_shared_b32(addr, v); }
+SP24_DEV void sts_u128(uint32_t addr, const U4& v) { ptx::st_shared_v4(addr, make_uint4(v.x, v.y, v.z, v.w)); }
+SP24_DEV void sts_f32(uint32_t addr, float v) { ptx::st_shared_f32(addr, v); }
 SP24_DEV F4 lds_f32x4(uint32_t addr) {
-  F4 v;
-  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
-  return v;
+  const float4 v = ptx::ld_shared_v4f(addr);
+  return F4{v.x, v.y, v.z, v.w};
 }
 SP24_DEV uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t s) { return __byte_perm(a, b, s); }
-// The same pointer, opaque to the optimiser (no hoisting of address arithmetic across it).
-template <class T>
-SP24_DEV const T* opaque(const T* p) {
-  asm volatile("" : "+l"(p));
-  return p;
-}
 SP24_DEV void block_sync() { __syncthreads(); }
 
 SP24_DEV uint16_t ldg_u16(const uint16_t* p) { return __ldg(p); }
@@ -202,10 +145,6 @@ SP24_DEV uint16_t f32_to_16(float f) {
 }
 SP24_DEV float bf16_to_f32(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
 SP24_DEV float f16_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
-#else
-// The emulator's definitions of the same primitives (TFORGE_SP24_EMULATOR names the header).
-#include TFORGE_SP24_EMULATOR
-#endif  // TFORGE_SP24_EMULATOR
 
 // ---------------------------------------------------------------------------
 // Tile configs and index math (host-callable so it can be emulated)
@@ -850,14 +789,13 @@ inline NMParams make_nm_params(const NMMaskArgs& a) {
   return p;
 }
 
-#ifndef TFORGE_SP24_EMULATOR
 // ---------------------------------------------------------------------------
 // Kernels and host side
 
 template <class C, bool kBF16, bool kAsync>
 __global__ void __launch_bounds__(C::kThreads, C::MIN_BLOCKS) sparse24_linear_kernel(const SpParams p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  extern __shared__ __align__(128) uint8_t smem[];
+  uint8_t* smem = ptx::dynamic_smem();
   sparse24_cta<C, kBF16, kAsync>(p, static_cast<int>(threadIdx.x), static_cast<int>(blockIdx.x),
                                  static_cast<int>(blockIdx.y), smem_addr(smem));
 #else
@@ -908,7 +846,7 @@ void launch_linear(SpParams p, int device, int sms, cudaStream_t s, const char* 
     if (e == cudaSuccess && cacheable) smem_set.fetch_or(uint64_t(1) << device, std::memory_order_relaxed);
   }
   if (e == cudaSuccess) {
-    kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.splits)), C::kThreads, C::kSmem, s>>>(p);
+    TF_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.splits)), C::kThreads, C::kSmem, s, kernel)(p);
     e = cudaGetLastError();
   }
   if (ws != nullptr) (void)cudaFreeAsync(ws, s);  // stream-ordered: after the kernel
@@ -968,23 +906,19 @@ void nm_mask(const NMMaskArgs& a, int device, uintptr_t stream) {
   const bool m4 = a.m == 4;
   switch (a.dtype) {
     case kFloat32:
-      if (m4) nm_mask_kernel<kFloat32, 4><<<grid, kNMThreads, 0, s>>>(p);
-      else nm_mask_kernel<kFloat32, 0><<<grid, kNMThreads, 0, s>>>(p);
+      if (m4) TF_LAUNCH(grid, kNMThreads, 0, s, nm_mask_kernel<kFloat32, 4>)(p);
+      else TF_LAUNCH(grid, kNMThreads, 0, s, nm_mask_kernel<kFloat32, 0>)(p);
       break;
     case kBFloat16:
-      if (m4) nm_mask_kernel<kBFloat16, 4><<<grid, kNMThreads, 0, s>>>(p);
-      else nm_mask_kernel<kBFloat16, 0><<<grid, kNMThreads, 0, s>>>(p);
+      if (m4) TF_LAUNCH(grid, kNMThreads, 0, s, nm_mask_kernel<kBFloat16, 4>)(p);
+      else TF_LAUNCH(grid, kNMThreads, 0, s, nm_mask_kernel<kBFloat16, 0>)(p);
       break;
     default:
-      if (m4) nm_mask_kernel<kFloat16, 4><<<grid, kNMThreads, 0, s>>>(p);
-      else nm_mask_kernel<kFloat16, 0><<<grid, kNMThreads, 0, s>>>(p);
+      if (m4) TF_LAUNCH(grid, kNMThreads, 0, s, nm_mask_kernel<kFloat16, 4>)(p);
+      else TF_LAUNCH(grid, kNMThreads, 0, s, nm_mask_kernel<kFloat16, 0>)(p);
       break;
   }
   check_launch(op, "nm_mask_kernel");
 }
 
 }  // namespace tforge::cuda
-#else
-}  // namespace
-}  // namespace tforge::cuda
-#endif  // TFORGE_SP24_EMULATOR

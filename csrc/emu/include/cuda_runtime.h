@@ -1,0 +1,3 @@
+// Emulator shim for <cuda_runtime.h>: the host meanings of CUDA C++ (emu/cuda_prelude.h).
+#pragma once
+#include "emu/cuda_prelude.h"

@@ -1,0 +1,3 @@
+// sparse24.cu compiled as host C++ for the warp-level emulator (see emu/cuda_prelude.h): the
+// unmodified CUDA source, not a copy.
+#include "cuda/sparse24.cu"
