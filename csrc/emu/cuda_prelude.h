@@ -73,7 +73,8 @@ uint3 block_idx();
 dim3 block_dim();
 dim3 grid_dim();
 int lane_id();  // linear thread index % 32
-void syncthreads();
+// `file` / `line`: the __syncthreads in the source (compilers may duplicate one call site).
+void syncthreads(const char* file, int line);
 void syncwarp(unsigned mask);
 // Every lane of the warp posts `mine` and receives all 32 posted values (lane order).
 void warp_exchange(uint64_t mine, unsigned mask, const char* what, uint64_t (&all)[32]);
@@ -86,7 +87,9 @@ void warp_exchange(uint64_t mine, unsigned mask, const char* what, uint64_t (&al
 #define gridDim (::tforge::emu::grid_dim())
 #define warpSize 32
 
-inline void __syncthreads() { ::tforge::emu::syncthreads(); }
+inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  ::tforge::emu::syncthreads(file, line);
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::tforge::emu::syncwarp(mask); }
 inline void __threadfence() {}  // CTAs run one after another: every write is already visible
 inline void __threadfence_block() {}

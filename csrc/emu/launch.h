@@ -19,8 +19,10 @@ struct LaunchSite {
   int line;
 };
 
+// Runs entry(ctx) once per thread of every CTA. [ctx, ctx + ctx_bytes) holds the kernel pointer and
+// its arguments: readable by every thread, like the parameter bank of a real launch.
 void run_grid(const LaunchSite& site, const void* kernel_id, dim3 grid, dim3 block, size_t smem,
-              void (*entry)(void*), void* ctx);
+              void (*entry)(void*), const void* ctx, size_t ctx_bytes);
 
 template <class... P>
 class Launch {
@@ -31,17 +33,16 @@ class Launch {
   template <class... A>
   void operator()(A&&... args) const {
     static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
-    std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
     struct Ctx {
       void (*kernel)(P...);
-      std::tuple<std::decay_t<P>...>* params;
-    } ctx{kernel_, &params};
+      std::tuple<std::decay_t<P>...> params;
+    } ctx{kernel_, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
     run_grid(site_, reinterpret_cast<const void*>(kernel_), grid_, block_, smem_,
              [](void* c) {
                auto* x = static_cast<Ctx*>(c);
-               std::apply(x->kernel, *x->params);  // each thread: its own by-value copies
+               std::apply(x->kernel, x->params);  // each thread: its own by-value copies
              },
-             &ctx);
+             &ctx, sizeof(ctx));
   }
 
  private:

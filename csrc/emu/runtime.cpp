@@ -109,7 +109,6 @@ struct Fiber {
   uint3 tidx{};
   int tid = 0, warp = 0, lane = 0;
   St st = St::kReady;
-  uintptr_t site = 0;  // where it waits (return address of the barrier / collective)
   std::vector<AsyncCopy> async;
   int64_t committed = 0;
 };
@@ -166,12 +165,14 @@ struct Grid {
   int nthreads = 0;
   void (*entry)(void*) = nullptr;
   void* ctx = nullptr;
+  Range params;  // the launch's kernel pointer and arguments (read-only for the kernel)
   fiber::Context sched;
   std::vector<Fiber> fibers = std::vector<Fiber>(kMaxThreads);
   std::vector<Warp> warps = std::vector<Warp>(kMaxThreads / 32);
   uint32_t cta_epoch = 0;
   int barrier_arrived = 0, done = 0;
-  uintptr_t barrier_site = 0;
+  const char* barrier_file = "";  // the __syncthreads the waiting threads are at
+  int barrier_line = 0;
   std::vector<unsigned char> dyn_storage;
   unsigned char* dyn = nullptr;
   size_t dyn_size = 0;
@@ -185,17 +186,6 @@ volatile bool g_active = false;  // a kernel is running: the access callbacks ch
 Fiber* g_cur = nullptr;
 
 // ---- messages
-
-std::string site_text(uintptr_t pc) {
-  Dl_info info{};
-  if (pc != 0 && dladdr(reinterpret_cast<void*>(pc), &info) && info.dli_fname) {
-    const char* base = strrchr(info.dli_fname, '/');
-    std::ostringstream s;
-    s << (base ? base + 1 : info.dli_fname) << "+0x" << std::hex << (pc - reinterpret_cast<uintptr_t>(info.dli_fbase));
-    return s.str();
-  }
-  return "?";
-}
 
 std::string thread_text(int tid) {
   const Fiber& f = g.fibers[tid];
@@ -212,6 +202,8 @@ std::string where(int tid = -1) {
   if (tid >= 0) s << ", " << thread_text(tid);
   return s.str();
 }
+
+std::string barrier_text() { return std::string(g.barrier_file) + ":" + std::to_string(g.barrier_line); }
 
 void yield(Fiber& f) {
   g_switches.fetch_add(1, std::memory_order_relaxed);
@@ -413,6 +405,10 @@ void on_access(void* p, size_t bytes, bool write) {
   }
   const auto* b = find_buffer(a);
   if (b != nullptr && a + bytes <= b->first + b->second.bytes) return;
+  if (g.params.has(a)) {
+    if (write) fail("tforge emulator: " + where(f.tid) + " writes to its launch's parameter buffer");
+    return;
+  }
   if (g_image.has(a)) {
     if (write) fail("tforge emulator: " + where(f.tid) + " writes to read-only memory");
     return;
@@ -617,7 +613,6 @@ void warp_op(Op op, int param, const char* what, const uint32_t* in, int nin, ui
            thread_text(f.warp * 32 + l) + " of its warp has exited");
   std::memcpy(w.in[f.lane], in, sizeof(uint32_t) * nin);
   f.st = St::kWarp;
-  f.site = reinterpret_cast<uintptr_t>(__builtin_return_address(0));
   if (++w.arrived == 32) {
     complete(w, f.warp);
     w.arrived = 0;
@@ -637,7 +632,7 @@ void fiber_main(void* arg) {
   ++g.done;
   if (g.barrier_arrived > 0)
     fail("tforge emulator: " + where(f.tid) + " exited while " + std::to_string(g.barrier_arrived) +
-         " thread(s) wait at __syncthreads (" + site_text(g.barrier_site) + ")");
+         " thread(s) wait at __syncthreads (" + barrier_text() + ")");
   const Warp& w = g.warps[f.warp];
   if (w.arrived > 0)
     fail("tforge emulator: " + where(f.tid) + " exited while " + std::to_string(w.arrived) +
@@ -648,7 +643,7 @@ void fiber_main(void* arg) {
 std::string deadlock_text() {
   std::ostringstream s;
   s << "tforge emulator: deadlock in " << where() << ": no thread can run;";
-  if (g.barrier_arrived) s << " " << g.barrier_arrived << " at __syncthreads (" << site_text(g.barrier_site) << ");";
+  if (g.barrier_arrived) s << " " << g.barrier_arrived << " at __syncthreads (" << barrier_text() << ");";
   for (int wi = 0; wi < (g.nthreads + 31) / 32; ++wi)
     if (g.warps[wi].arrived) s << " warp " << wi << ": " << g.warps[wi].arrived << " lane(s) at " << g.warps[wi].what << ";";
   if (g.done) s << " " << g.done << " exited";
@@ -755,20 +750,20 @@ dim3 grid_dim() {
 }
 int lane_id() { return cur("lane id").lane; }
 
-void syncthreads() {
+void syncthreads(const char* file, int line) {
   Fiber& f = cur("__syncthreads");
-  const auto site = reinterpret_cast<uintptr_t>(__builtin_return_address(0));
+  const std::string here = std::string(file) + ":" + std::to_string(line);
   if (g.done > 0)
-    fail("tforge emulator: " + where(f.tid) + " waits at __syncthreads (" + site_text(site) + ") but " +
+    fail("tforge emulator: " + where(f.tid) + " waits at __syncthreads (" + here + ") but " +
          std::to_string(g.done) + " thread(s) of its CTA have exited: the barrier can never complete");
   if (g.barrier_arrived == 0) {
-    g.barrier_site = site;
-  } else if (site != g.barrier_site) {
-    fail("tforge emulator: threads of " + where() + " wait at two different __syncthreads: " +
-         site_text(g.barrier_site) + " and " + site_text(site) + " (" + thread_text(f.tid) + ")");
+    g.barrier_file = file;
+    g.barrier_line = line;
+  } else if (line != g.barrier_line || std::strcmp(file, g.barrier_file) != 0) {
+    fail("tforge emulator: threads of " + where() + " wait at two different __syncthreads: " + barrier_text() +
+         " and " + here + " (" + thread_text(f.tid) + ")");
   }
   f.st = St::kBarrier;
-  f.site = site;
   if (++g.barrier_arrived == g.nthreads) {
     for (int t = 0; t < g.nthreads; ++t) g.fibers[t].st = St::kReady;
     g.barrier_arrived = 0;
@@ -920,7 +915,7 @@ void mma_sp_m16n8k32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[
 }
 
 void run_grid(const LaunchSite& site, const void* kernel_id, dim3 grid, dim3 block, size_t smem,
-              void (*entry)(void*), void* ctx) {
+              void (*entry)(void*), const void* ctx, size_t ctx_bytes) {
   init_once();
   std::lock_guard<std::mutex> run_lock(g_run);
   std::lock_guard<std::mutex> buf_lock(g_buffers_mutex);
@@ -932,7 +927,8 @@ void run_grid(const LaunchSite& site, const void* kernel_id, dim3 grid, dim3 blo
   g.block = block;
   g.nthreads = static_cast<int>(block.x * block.y * block.z);
   g.entry = entry;
-  g.ctx = ctx;
+  g.ctx = const_cast<void*>(ctx);
+  g.params = {reinterpret_cast<uintptr_t>(ctx), ctx_bytes};
   g.dyn_size = smem;
   g.dyn_storage.assign(smem + 1024, 0xff);  // stale-looking bytes (NaN patterns) until written
   g.dyn = g.dyn_storage.data() + (1024 - reinterpret_cast<uintptr_t>(g.dyn_storage.data()) % 1024) % 1024;
@@ -969,11 +965,13 @@ DeviceConfig device_config() { return g_config; }
 void register_buffer(uintptr_t base, size_t bytes, const std::string& label) {
   if (base == 0 || bytes == 0) return;
   std::lock_guard<std::mutex> lock(g_buffers_mutex);
-  auto it = g_buffers.find(base);
-  if (it != g_buffers.end()) {
-    it->second.bytes = std::max(it->second.bytes, bytes);
-    return;
+  // Live allocations never overlap: an overlapping entry is a freed one whose memory was reused.
+  auto it = g_buffers.lower_bound(base);
+  if (it != g_buffers.begin()) {
+    auto prev = std::prev(it);
+    if (prev->first + prev->second.bytes > base) it = prev;
   }
+  while (it != g_buffers.end() && it->first < base + bytes) it = g_buffers.erase(it);
   g_buffers.emplace(base, Buffer{bytes, label});
 }
 void clear_buffers() {

@@ -66,6 +66,8 @@ def why_unavailable(name: str, device: torch.device | None = None, dtype: torch.
         if dev not in (None, "cpu"):
             return f"backend 'cpu' runs on CPU tensors, got a tensor on {device}"
     elif name == "cuda":
+        if _native.emulating():
+            return None if dev in (None, "cpu") else f"backend 'cuda' is emulated: it runs on CPU tensors, got {device}"
         if not _native.cuda_compiled():
             return "backend 'cuda' was not compiled into tforge._C (no nvcc at build time, or TFORGE_CUDA=OFF)"
         if _cuda_device_count() == 0:

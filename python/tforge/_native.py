@@ -19,12 +19,19 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
+# tforge._emu while tforge.testing.emulated_cuda() is active: the same entries as _C, whose *_cuda
+# ones run the CUDA kernels under the CPU emulator (csrc/emu). Tests only; None otherwise.
+_EMULATOR = None
+
+
 def loaded() -> bool:
     return _C is not None
 
 
 def require():
     """The native module, or a RuntimeError that says how to build it."""
+    if _EMULATOR is not None:
+        return _EMULATOR
     if _C is None:
         raise RuntimeError(
             f"tforge's compiled core tforge._C could not be loaded ({_LOAD_ERROR}); "
@@ -34,7 +41,29 @@ def require():
 
 
 def cuda_compiled() -> bool:
-    return _C is not None and bool(_C.cuda_compiled)
+    return _EMULATOR is not None or (_C is not None and bool(_C.cuda_compiled))
+
+
+def emulating() -> bool:
+    """True inside tforge.testing.emulated_cuda(): backend 'cuda' runs on CPU tensors, emulated."""
+    return _EMULATOR is not None
+
+
+def load_emulator():
+    """tforge._emu, or a RuntimeError that says how to build it."""
+    try:
+        from tforge import _emu
+    except ImportError as exc:
+        raise RuntimeError(
+            f"tforge._emu (the CUDA kernels under the CPU emulator) is not built ({exc}); "
+            "`make install` builds it (TFORGE_EMULATOR=ON)"
+        ) from exc
+    return _emu
+
+
+def set_emulator(module) -> None:
+    global _EMULATOR
+    _EMULATOR = module
 
 
 def cpu_isa() -> str | None:
@@ -42,7 +71,14 @@ def cpu_isa() -> str | None:
 
 
 def ptr(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
+    """The address native code gets for t. Every tensor handed to a kernel goes through here, so
+    that under the emulator its storage is registered as memory the kernel may touch."""
+    if t is None:
+        return 0
+    if _EMULATOR is not None:
+        s = t.untyped_storage()
+        _EMULATOR.register_buffer(s.data_ptr(), s.nbytes(), f"{tuple(t.shape)} {str(t.dtype)[6:]}")
+    return t.data_ptr()
 
 
 def dtype_code(t: torch.Tensor) -> int:
@@ -70,4 +106,6 @@ def row_stride(t2: torch.Tensor) -> int:
 
 def cuda_stream(t: torch.Tensor) -> tuple[int, int]:
     """(device index, raw stream handle) for launching on t's current stream."""
+    if _EMULATOR is not None and t.device.type == "cpu":
+        return 0, 0  # the emulated device: launches run to completion, no stream
     return t.device.index, torch.cuda.current_stream(t.device).cuda_stream

@@ -7,7 +7,11 @@ computation done by PyTorch at the input dtype. Integer ops compare exactly.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+from tforge import _native
 
 # (atol, rtol) per dtype, forward and backward (gradients sum over rows, so a
 # little looser in fp32).
@@ -53,3 +57,26 @@ def assert_error_within(actual: torch.Tensor, reference: torch.Tensor, baseline:
     err, base = max_error(actual, reference), max_error(baseline, reference)
     if not err <= factor * base + slack:
         raise AssertionError(f"{name}: max error {err:.3g} exceeds {factor} x PyTorch's {base:.3g} + {slack}")
+
+
+@contextlib.contextmanager
+def emulated_cuda(sms: int = 132, cc: tuple[int, int] = (9, 0)):
+    """Inside the block, backend="cuda" runs tforge's CUDA kernels on CPU tensors under the
+    warp-level emulator (tforge._emu, built by `make install`): the same .cu sources and host
+    code as on a GPU, with shared-memory race, cp.async and out-of-bounds checks that raise
+    RuntimeError. `sms` and `cc` describe the emulated GPU (grid and split-K choices depend on
+    the SM count). Yields the tforge._emu module (launch_counts(), ...). Not thread-safe, and
+    blocks do not nest."""
+    emu = _native.load_emulator()
+    if _native.emulating():
+        raise RuntimeError("emulated_cuda() blocks do not nest")
+    prev = emu.device_config()
+    emu.configure(sms, cc[0], cc[1])
+    emu.clear_buffers()
+    _native.set_emulator(emu)
+    try:
+        yield emu
+    finally:
+        _native.set_emulator(None)
+        emu.clear_buffers()
+        emu.configure(**prev)

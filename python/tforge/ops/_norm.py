@@ -91,10 +91,10 @@ def _fwd_native(x2, r2, w, b, eps, rms, device_kind):
     mean = None if rms else torch.empty(m, dtype=torch.float32, device=x2.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x2.device)
     name = "rms_norm" if rms else "layer_norm"
-    kwargs = dict(x=x2.data_ptr(), x_stride=_native.row_stride(x2), residual=_native.ptr(r2),
+    kwargs = dict(x=_native.ptr(x2), x_stride=_native.row_stride(x2), residual=_native.ptr(r2),
                   residual_stride=_native.row_stride(r2) if r2 is not None else 0, weight=_native.ptr(w),
-                  bias=_native.ptr(b), y=y.data_ptr(), residual_out=_native.ptr(res_out), mean=_native.ptr(mean),
-                  rstd=rstd.data_ptr(), rows=m, cols=n, eps=float(eps), dtype=_native.dtype_code(x2))
+                  bias=_native.ptr(b), y=_native.ptr(y), residual_out=_native.ptr(res_out), mean=_native.ptr(mean),
+                  rstd=_native.ptr(rstd), rows=m, cols=n, eps=float(eps), dtype=_native.dtype_code(x2))
     if device_kind == "cpu":
         getattr(C, f"{name}_fwd_cpu")(**kwargs, threads=torch.get_num_threads())
     else:
@@ -151,10 +151,10 @@ def _bwd_native(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db, device_kind)
     dw = torch.empty(n, dtype=x2.dtype, device=x2.device) if need_dw else None
     db = torch.empty(n, dtype=x2.dtype, device=x2.device) if need_db else None
     name = "rms_norm" if rms else "layer_norm"
-    kwargs = dict(dy=dy2.data_ptr(), dy_stride=_native.row_stride(dy2), dresidual_out=_native.ptr(dr2),
-                  dres_stride=_native.row_stride(dr2) if dr2 is not None else 0, x=x2.data_ptr(),
+    kwargs = dict(dy=_native.ptr(dy2), dy_stride=_native.row_stride(dy2), dresidual_out=_native.ptr(dr2),
+                  dres_stride=_native.row_stride(dr2) if dr2 is not None else 0, x=_native.ptr(x2),
                   x_stride=_native.row_stride(x2), weight=_native.ptr(w), mean=_native.ptr(mean),
-                  rstd=rstd.data_ptr(), dx=dx.data_ptr(), dweight=_native.ptr(dw), dbias=_native.ptr(db),
+                  rstd=_native.ptr(rstd), dx=_native.ptr(dx), dweight=_native.ptr(dw), dbias=_native.ptr(db),
                   rows=m, cols=n, dtype=_native.dtype_code(x2))
     if device_kind == "cpu":
         getattr(C, f"{name}_bwd_cpu")(**kwargs, threads=torch.get_num_threads())
@@ -164,7 +164,7 @@ def _bwd_native(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db, device_kind)
                                                              has_dbias=db is not None, dtype=kwargs["dtype"],
                                                              device=device)
         ws = torch.empty(max(ws_floats, 1), dtype=torch.float32, device=x2.device)
-        getattr(C, f"{name}_bwd_cuda")(**kwargs, workspace=ws.data_ptr(), workspace_floats=ws_floats,
+        getattr(C, f"{name}_bwd_cuda")(**kwargs, workspace=_native.ptr(ws), workspace_floats=ws_floats,
                                        device=device, stream=stream)
     return dx, dw, db
 

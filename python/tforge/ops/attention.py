@@ -246,8 +246,8 @@ def _bwd_torch(dout, q, k, v, out, lse, bias, cu_q, cu_k, scale, causal, window)
 def _desc(t: Tensor, varlen: bool) -> Tuple[int, int, int, int]:
     """(pointer, batch stride, seq stride, head stride) in elements."""
     if varlen:
-        return (t.data_ptr(), 0, t.stride(0), t.stride(1))
-    return (t.data_ptr(), t.stride(0), t.stride(1), t.stride(2))
+        return (_native.ptr(t), 0, t.stride(0), t.stride(1))
+    return (_native.ptr(t), t.stride(0), t.stride(1), t.stride(2))
 
 
 def _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window) -> dict:
@@ -276,7 +276,7 @@ def _fwd_native(q, k, v, bias, cu_q, cu_k, max_q, max_k, scale, causal, window, 
     lse = torch.empty(_lse_shape(q, varlen), dtype=torch.float32, device=q.device)
     params, _bias = _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window)
     args = dict(q=_desc(q, varlen), k=_desc(k, varlen), v=_desc(v, varlen), out=_desc(out, varlen),
-                lse=lse.data_ptr(), params=params)
+                lse=_native.ptr(lse), params=params)
     if device_kind == "cpu":
         C.attention_fwd_cpu(**args, threads=torch.get_num_threads())
     else:
@@ -294,7 +294,7 @@ def _bwd_native(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, 
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     params, _bias = _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window)
     args = dict(q=_desc(q, varlen), k=_desc(k, varlen), v=_desc(v, varlen), out=_desc(out, varlen),
-                dout=_desc(dout, varlen), lse=lse.data_ptr(), dq=_desc(dq, varlen), dk=_desc(dk, varlen),
+                dout=_desc(dout, varlen), lse=_native.ptr(lse), dq=_desc(dq, varlen), dk=_desc(dk, varlen),
                 dv=_desc(dv, varlen), params=params, deterministic=bool(deterministic))
     if device_kind == "cpu":
         C.attention_bwd_cpu(**args, threads=torch.get_num_threads())
@@ -302,7 +302,7 @@ def _bwd_native(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, 
         device, stream = _native.cuda_stream(q)
         n = C.attention_bwd_cuda_workspace(**args, device=device)
         ws = torch.empty(max(n, 1), dtype=torch.float32, device=q.device)
-        C.attention_bwd_cuda(**args, workspace=ws.data_ptr(), workspace_floats=n, device=device, stream=stream)
+        C.attention_bwd_cuda(**args, workspace=_native.ptr(ws), workspace_floats=n, device=device, stream=stream)
     return dq, dk, dv
 
 

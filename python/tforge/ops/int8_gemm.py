@@ -95,7 +95,7 @@ def _rows(t: Tensor) -> Tensor:
 def _gemm_native(kind, a, b, out, c_i32, a_scale, b_scale, bias):
     C = _native.require()
     m, k = a.shape
-    kwargs = dict(a=a.data_ptr(), a_stride=a.stride(0) if m > 0 else k, b=b.data_ptr(),
+    kwargs = dict(a=_native.ptr(a), a_stride=a.stride(0) if m > 0 else k, b=_native.ptr(b),
                   b_stride=b.stride(0) if b.shape[0] > 0 else k, M=m, N=b.shape[0], K=k,
                   c_i32=_native.ptr(c_i32), c=_native.ptr(out),
                   out_dtype=_native.DTYPE_CODES[out.dtype] if out is not None else 0,
@@ -111,8 +111,8 @@ def _quantize_native(kind, x2, col_scale=None):
     C = _native.require()
     q = torch.empty(x2.shape, dtype=torch.int8, device=x2.device)
     scale = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
-    kwargs = dict(x=x2.data_ptr(), x_stride=_native.row_stride(x2), rows=x2.shape[0], cols=x2.shape[1],
-                  dtype=_native.dtype_code(x2), q=q.data_ptr(), scale=scale.data_ptr())
+    kwargs = dict(x=_native.ptr(x2), x_stride=_native.row_stride(x2), rows=x2.shape[0], cols=x2.shape[1],
+                  dtype=_native.dtype_code(x2), q=_native.ptr(q), scale=_native.ptr(scale))
     if kind == "cpu":
         C.quantize_rows_cpu(**kwargs, threads=torch.get_num_threads(), col_scale=_native.ptr(col_scale))
     else:

@@ -318,7 +318,7 @@ def _nm_mask_op(scores: Tensor, n: int, m: int, backend: str) -> Tensor:
         return mask.reshape(scores.shape)
     if backend in ("cpu", "cuda"):
         C = _native.require()
-        args = (s2.data_ptr(), _native.row_stride(s2), s2.shape[0], k, _native.dtype_code(s2), n, m, mask.data_ptr())
+        args = (_native.ptr(s2), _native.row_stride(s2), s2.shape[0], k, _native.dtype_code(s2), n, m, _native.ptr(mask))
         if backend == "cpu":
             C.nm_mask_cpu(*args, torch.get_num_threads())
         else:
@@ -341,8 +341,8 @@ def _linear_native(kind: str, x2: Tensor, values: Tensor, meta: Tensor, scale: O
     C = _native.require()
     m, k = x2.shape
     n = values.shape[0]
-    args = (x2.data_ptr(), _native.row_stride(x2), values.data_ptr(), meta.data_ptr(), m, n, k,
-            _native.dtype_code(x2), _values_code(values), y.data_ptr(), y.stride(0) if m > 0 else n,
+    args = (_native.ptr(x2), _native.row_stride(x2), _native.ptr(values), _native.ptr(meta), m, n, k,
+            _native.dtype_code(x2), _values_code(values), _native.ptr(y), y.stride(0) if m > 0 else n,
             _native.ptr(bias32), _native.ptr(scale))
     if kind == "cpu":
         C.sparse24_linear_cpu(*args, torch.get_num_threads())
