@@ -632,7 +632,7 @@ void launch_tc(const GemmParams& p, cudaStream_t s, const char* op) {
                "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
   }
   const int64_t tiles = tc_tiles<C>(p.M, p.N);
-  TF_LAUNCH(static_cast<unsigned>(tiles), C::kThreads, C::kSmem, s, kernel)(p);
+  TF_LAUNCH_NAMED("int8_gemm_kernel", static_cast<unsigned>(tiles), C::kThreads, C::kSmem, s, kernel)(p);
   check_launch(op, "int8_gemm_kernel");
 }
 

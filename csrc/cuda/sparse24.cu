@@ -846,7 +846,8 @@ void launch_linear(SpParams p, int device, int sms, cudaStream_t s, const char* 
     if (e == cudaSuccess && cacheable) smem_set.fetch_or(uint64_t(1) << device, std::memory_order_relaxed);
   }
   if (e == cudaSuccess) {
-    TF_LAUNCH(dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.splits)), C::kThreads, C::kSmem, s, kernel)(p);
+    TF_LAUNCH_NAMED("sparse24_linear_kernel", dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.splits)),
+                    C::kThreads, C::kSmem, s, kernel)(p);
     e = cudaGetLastError();
   }
   if (ws != nullptr) (void)cudaFreeAsync(ws, s);  // stream-ordered: after the kernel
