@@ -187,6 +187,7 @@ tforge::AttnParams attn_params(const py::dict& d) {
   p.cu_seqlens_q = ptr<const int32_t>(get<uintptr_t>(d, "cu_seqlens_q"));
   p.cu_seqlens_k = ptr<const int32_t>(get<uintptr_t>(d, "cu_seqlens_k"));
   p.total_q = get<int64_t>(d, "total_q");
+  p.total_k = get<int64_t>(d, "total_k");
   p.softmax_scale = static_cast<float>(get<double>(d, "softmax_scale"));
   p.causal = get<bool>(d, "causal");
   p.window_left = get<int64_t>(d, "window_left");
@@ -440,13 +441,24 @@ void def_sparse24(py::module_& m) {
         "sparse24_linear CPU kernel set chosen at run time: 'avx2' or 'scalar'");
 #if defined(TFORGE_WITH_CUDA)
   m.def(
+      "sparse24_linear_cuda_workspace",
+      [](uintptr_t x, int64_t xs, uintptr_t values, uintptr_t meta, int64_t M, int64_t N, int64_t K, int dtype,
+         int values_dtype, uintptr_t y, int64_t ys, uintptr_t bias, uintptr_t scale, int device) {
+        return tforge::cuda::sparse24_linear_workspace_bytes(
+            s24_args(x, xs, values, meta, M, N, K, dtype, values_dtype, y, ys, bias, scale), device);
+      },
+      TF_S24_ARGS, py::arg("device"), py::call_guard<py::gil_scoped_release>());
+  m.def(
       "sparse24_linear_cuda",
       [](uintptr_t x, int64_t xs, uintptr_t values, uintptr_t meta, int64_t M, int64_t N, int64_t K, int dtype,
-         int values_dtype, uintptr_t y, int64_t ys, uintptr_t bias, uintptr_t scale, int device, uintptr_t stream) {
+         int values_dtype, uintptr_t y, int64_t ys, uintptr_t bias, uintptr_t scale, uintptr_t workspace,
+         int64_t workspace_bytes, int device, uintptr_t stream) {
         tforge::cuda::sparse24_linear(
-            s24_args(x, xs, values, meta, M, N, K, dtype, values_dtype, y, ys, bias, scale), device, stream);
+            s24_args(x, xs, values, meta, M, N, K, dtype, values_dtype, y, ys, bias, scale),
+            ptr<void>(workspace), workspace_bytes, device, stream);
       },
-      TF_S24_ARGS, py::arg("device"), py::arg("stream"), py::call_guard<py::gil_scoped_release>());
+      TF_S24_ARGS, py::arg("workspace"), py::arg("workspace_bytes"), py::arg("device"), py::arg("stream"),
+      py::call_guard<py::gil_scoped_release>());
   m.def(
       "nm_mask_cuda",
       [](uintptr_t scores, int64_t ss, int64_t rows, int64_t cols, int dtype, int n, int mm, uintptr_t mask,

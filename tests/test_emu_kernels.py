@@ -14,11 +14,15 @@ from tforge.ops.int8_gemm import int8_linear_ref, int8_matmul_ref, quantize_per_
 from tforge.ops.layer_norm import add_layer_norm_ref, layer_norm_ref
 from tforge.ops.rms_norm import add_rms_norm_ref, rms_norm_ref
 from tforge.ops.sparse24 import nm_mask_ref, sparse24_ref
+from tforge import _native
 from tforge.testing import assert_close, assert_error_within, emulated_cuda
 
 from test_attention import _lowp
 
-pytest.importorskip("tforge._emu", reason="tforge._emu is built by `make install` (TFORGE_EMULATOR=ON)")
+try:
+    _native.load_emulator()
+except RuntimeError as exc:  # built by `make install` (TFORGE_EMULATOR=ON), as in CI
+    pytest.skip(str(exc), allow_module_level=True)
 
 KERNELS = {"norm_fwd_kernel", "norm_bwd_dx_kernel", "norm_bwd_partials_kernel", "norm_bwd_final_kernel",
            "attn_fwd_kernel", "attn_bwd_pre_kernel", "attn_bwd_dq_kernel", "attn_bwd_dkdv_kernel",
@@ -161,6 +165,24 @@ def test_attention_varlen(emu, causal):
     ref.backward(g.double())
     for name, t, r in (("dq", q, q64), ("dk", k, k64), ("dv", v, v64)):
         assert_close(t.grad, r.grad, torch.bfloat16, backward=True, name=name)
+
+
+def test_attention_varlen_bad_offsets_stay_in_bounds(emu):
+    """The GPU cannot validate cu_seqlens without a sync (the CPU path rejects bad ones before any
+    kernel): the CUDA kernels clamp every sequence to the tensors and to max_seqlen, so nothing is
+    read or written out of bounds (the emulator would report it), and rows no sequence covers are
+    zero, as on the Triton backend."""
+    from tforge.ops.attention import _fwd_native
+    q = torch.randn(20, 2, 32, dtype=torch.bfloat16)
+    k, v = torch.randn(12, 2, 32, dtype=torch.bfloat16), torch.randn(12, 2, 32, dtype=torch.bfloat16)
+    cu_q = torch.tensor([0, 9, 15], dtype=torch.int32)  # sequence 0 longer than max_seqlen_q = 6; 15.. uncovered
+    cu_k = torch.tensor([0, 5, 40], dtype=torch.int32)  # sequence 1 runs past the 12 keys
+    out, _ = _fwd_native(q, k, v, None, cu_q, cu_k, 6, 8, 1 / math.sqrt(32), False, (-1, -1), "cuda")
+    assert out[6:9].abs().sum() == 0 and out[15:].abs().sum() == 0
+    assert_close(out[:6], attention_ref(q[None, :6].float(), k[None, :5].float(), v[None, :5].float())[0],
+                 torch.bfloat16)
+    assert_close(out[9:15], attention_ref(q[None, 9:15].float(), k[None, 5:].float(), v[None, 5:].float())[0],
+                 torch.bfloat16)
 
 
 # ---------------------------------------------------------------- int8

@@ -8,7 +8,12 @@
 // Varlen: when cu_seqlens_q / cu_seqlens_k are non-null (int32, batch + 1
 // entries, cu[0] = 0, non-decreasing), sequences are packed along the token
 // dimension: sequence b is tokens [cu[b], cu[b+1]) of q [total_q, heads, dim]
-// (batch strides unused, seqlen_q / seqlen_k are the maxima).
+// (batch strides unused, seqlen_q / seqlen_k are the maxima). The CPU kernels
+// reject offsets that break these rules; the CUDA kernels cannot read them
+// without a sync, so each sequence is clamped to [0, total_q] / [0, total_k]
+// and to the maxima instead (no access outside the tensors), and rows outside
+// every clamped sequence are left as the caller initialised them (the Python
+// op zero-fills varlen outputs on the GPU, as the Triton kernels do).
 //
 // Masking, per sequence with lengths (sq, sk) and offset = sk - sq (so causal
 // aligns to the bottom-right, as FlashAttention does): query i may attend key
@@ -42,6 +47,7 @@ struct AttnParams {
   const int32_t* cu_seqlens_q = nullptr;  // [batch + 1] or null
   const int32_t* cu_seqlens_k = nullptr;
   int64_t total_q = 0;                    // varlen only: rows of q / lse
+  int64_t total_k = 0;                    // varlen only: rows of k / v
   float softmax_scale = 1.f;
   bool causal = false;
   int64_t window_left = -1, window_right = -1;  // -1: unbounded

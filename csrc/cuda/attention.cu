@@ -338,6 +338,7 @@ struct Common {
   int seqlen_q, seqlen_k;  // per sequence, or the maxima (varlen)
   int heads_q, group;      // group = heads_q / heads_k
   int64_t total_q;         // varlen: rows of q / lse
+  int64_t total_k;         // varlen: rows of k / v
   int batch_base;          // added to blockIdx.z (batches beyond gridDim.z's limit)
   int left, right;         // window, -1 unbounded; causal folded into right = 0
   float scale_log2;        // softmax_scale * log2(e)
@@ -355,11 +356,15 @@ struct Seq {
 __device__ __forceinline__ Seq seq_of(const Common& c, int b) {
   Seq s;
   if (c.cu_q != nullptr) {
-    const int q0 = c.cu_q[b], q1 = c.cu_q[b + 1], k0 = c.cu_k[b], k1 = c.cu_k[b + 1];
+    // Offsets are not validated on the GPU (no sync): clamp so that a bad cu_seqlens can only give
+    // wrong rows, never an access outside q / k / v / out (attention_args.h).
+    auto clamp = [](int64_t v, int64_t hi) { return v < 0 ? int64_t(0) : (v > hi ? hi : v); };
+    const int64_t q0 = clamp(c.cu_q[b], c.total_q), q1 = clamp(c.cu_q[b + 1], c.total_q);
+    const int64_t k0 = clamp(c.cu_k[b], c.total_k), k1 = clamp(c.cu_k[b + 1], c.total_k);
     s.q_start = q0;
     s.k_start = k0;
-    s.sq = q1 - q0;
-    s.sk = k1 - k0;
+    s.sq = static_cast<int>(clamp(q1 - q0, c.seqlen_q));
+    s.sk = static_cast<int>(clamp(k1 - k0, c.seqlen_k));
   } else {
     s.q_start = 0;
     s.k_start = 0;
@@ -1054,7 +1059,8 @@ void check_params(const AttnParams& p, const char* op) {
                ": cu_seqlens_q and cu_seqlens_k must be given together");
   if (p.cu_seqlens_q != nullptr) {
     TF_CHECK_ARG(aligned(p.cu_seqlens_q, 4) && aligned(p.cu_seqlens_k, 4), op, ": cu_seqlens are not 4-byte aligned");
-    TF_CHECK_ARG(p.total_q >= 0, op, ": total_q must be >= 0, got ", p.total_q);
+    TF_CHECK_ARG(p.total_q >= 0 && p.total_k >= 0, op, ": total_q / total_k must be >= 0, got ", p.total_q, " / ",
+                 p.total_k);
   }
   // the dk / dv kernel walks (q head of the group, query tile) in an int
   TF_CHECK_ARG((p.heads_q / p.heads_k) * ceil_div(p.seqlen_q, 32) < (int64_t(1) << 31), op,
@@ -1106,6 +1112,7 @@ Common make_common(const AttnParams& p, bool vec) {
   c.heads_q = static_cast<int>(p.heads_q);
   c.group = static_cast<int>(p.heads_q / p.heads_k);
   c.total_q = p.total_q;
+  c.total_k = p.total_k;
   c.batch_base = 0;
   c.left = norm_window(p.window_left, p);
   c.right = p.causal ? 0 : norm_window(p.window_right, p);

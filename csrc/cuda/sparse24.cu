@@ -38,10 +38,10 @@
 // that matters). The tile raster walks 8 m-tiles at a time (L2 reuse).
 // When the tiles do not fill the GPU, K is split over `splits` CTAs per tile
 // (at least 4 K tiles each, up to 16): every CTA writes its fp32 partial tile
-// to a workspace (cudaMallocAsync / cudaFreeAsync on the stream, counters
-// zeroed by cudaMemsetAsync), and the last CTA of the tile to arrive (atomic
-// counter) adds the partials in split order (deterministic) and runs the
-// epilogue. Without a stream-ordered allocator it runs unsplit.
+// to a workspace the caller allocates (sparse24_linear_workspace_bytes; from
+// torch's caching allocator, as the other ops' workspaces; counters zeroed by
+// cudaMemsetAsync), and the last CTA of the tile to arrive (atomic counter)
+// adds the partials in split order (deterministic) and runs the epilogue.
 //
 // Tails: W rows past N are zero-filled with valid padding metadata (0b0100
 // nibbles; mma.sp must never see an unordered pair), x rows past M are
@@ -813,64 +813,77 @@ __global__ void __launch_bounds__(kNMThreads) nm_mask_kernel(const NMParams p) {
     nm_mask_group<DT, MG>(p, g);
 }
 
+// Split-K workspace of a launch with tile config C: fp32 partial tiles, then one arrival counter per tile.
+template <class C>
+int64_t workspace_bytes_of(const SpParams& p, int sms, int* splits = nullptr) {
+  const int64_t tiles = tiles_of<C>(p);
+  const int sp = pick_splits(tiles, p.k_tiles, sms);
+  if (splits) *splits = sp;
+  return sp > 1 ? tiles * sp * C::TM * C::TN * int64_t(sizeof(float)) + tiles * int64_t(sizeof(unsigned)) : 0;
+}
+
 template <class C, bool kBF16, bool kAsync>
-void launch_linear(SpParams p, int device, int sms, cudaStream_t s, const char* op) {
+void launch_linear(SpParams p, void* ws, int64_t ws_bytes, int device, int sms, cudaStream_t s, const char* op) {
   const int64_t tiles = tiles_of<C>(p);
   TF_CHECK_ARG(tiles <= INT_MAX, op, ": M x N = ", p.M, " x ", p.N, " needs more thread blocks than a grid holds");
-  p.splits = pick_splits(tiles, p.k_tiles, sms);
-  void* ws = nullptr;
+  const int64_t need = workspace_bytes_of<C>(p, sms, &p.splits);
+  TF_CHECK_ARG(ws_bytes >= need && (need == 0 || ws != nullptr), op, ": workspace has ", ws_bytes,
+               " bytes, needs ", need, " (sparse24_linear_workspace_bytes)");
   if (p.splits > 1) {
-    const size_t part_bytes = static_cast<size_t>(tiles) * p.splits * C::TM * C::TN * sizeof(float);
-    const size_t bytes = part_bytes + static_cast<size_t>(tiles) * sizeof(unsigned);
-    if (cudaMallocAsync(&ws, bytes, s) != cudaSuccess) {
-      (void)cudaGetLastError();  // no stream-ordered allocator: run unsplit
-      ws = nullptr;
-      p.splits = 1;
-    } else {
-      p.ws = static_cast<float*>(ws);
-      p.counters = reinterpret_cast<unsigned*>(static_cast<char*>(ws) + part_bytes);
-      const cudaError_t e = cudaMemsetAsync(p.counters, 0, static_cast<size_t>(tiles) * sizeof(unsigned), s);
-      if (e != cudaSuccess) {
-        (void)cudaFreeAsync(ws, s);
-        check_cuda(e, op, "cudaMemsetAsync(split-K counters)");
-      }
-    }
+    const int64_t part_bytes = tiles * p.splits * C::TM * C::TN * int64_t(sizeof(float));
+    p.ws = static_cast<float*>(ws);
+    p.counters = reinterpret_cast<unsigned*>(static_cast<char*>(ws) + part_bytes);
+    check_cuda(cudaMemsetAsync(p.counters, 0, static_cast<size_t>(tiles) * sizeof(unsigned), s), op,
+               "cudaMemsetAsync(split-K counters)");
   }
   auto kernel = sparse24_linear_kernel<C, kBF16, kAsync>;
   // The shared-memory opt-in is per device and function: set it once per device (first 64).
   static std::atomic<uint64_t> smem_set{0};
   const bool cacheable = device >= 0 && device < 64;
-  cudaError_t e = cudaSuccess;
   if (!cacheable || !((smem_set.load(std::memory_order_relaxed) >> device) & 1u)) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
-    if (e == cudaSuccess && cacheable) smem_set.fetch_or(uint64_t(1) << device, std::memory_order_relaxed);
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem), op,
+               "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    if (cacheable) smem_set.fetch_or(uint64_t(1) << device, std::memory_order_relaxed);
   }
-  if (e == cudaSuccess) {
-    TF_LAUNCH_NAMED("sparse24_linear_kernel", dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.splits)),
-                    C::kThreads, C::kSmem, s, kernel)(p);
-    e = cudaGetLastError();
-  }
-  if (ws != nullptr) (void)cudaFreeAsync(ws, s);  // stream-ordered: after the kernel
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    throw std::runtime_error(concat("tforge._C: ", op, ": launch of sparse24_linear_kernel failed: ",
-                                    cudaGetErrorName(e), ": ", cudaGetErrorString(e)));
-  }
+  TF_LAUNCH_NAMED("sparse24_linear_kernel", dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.splits)),
+                  C::kThreads, C::kSmem, s, kernel)(p);
+  check_launch(op, "sparse24_linear_kernel");
 }
 
 template <bool kBF16>
-void launch_linear_path(const SpParams& p, LinearPath path, int device, int sms, cudaStream_t s, const char* op) {
+void launch_linear_path(const SpParams& p, LinearPath path, void* ws, int64_t ws_bytes, int device, int sms,
+                        cudaStream_t s, const char* op) {
   switch (path) {
-    case LinearPath::kSmall: launch_linear<CfgSmall, kBF16, true>(p, device, sms, s, op); break;
-    case LinearPath::kMid: launch_linear<CfgMid, kBF16, true>(p, device, sms, s, op); break;
-    case LinearPath::kLarge: launch_linear<CfgLarge, kBF16, true>(p, device, sms, s, op); break;
-    default: launch_linear<CfgMid, kBF16, false>(p, device, sms, s, op); break;  // any K % 4, any alignment
+    case LinearPath::kSmall: launch_linear<CfgSmall, kBF16, true>(p, ws, ws_bytes, device, sms, s, op); break;
+    case LinearPath::kMid: launch_linear<CfgMid, kBF16, true>(p, ws, ws_bytes, device, sms, s, op); break;
+    case LinearPath::kLarge: launch_linear<CfgLarge, kBF16, true>(p, ws, ws_bytes, device, sms, s, op); break;
+    default:  // any K % 4, any alignment
+      launch_linear<CfgMid, kBF16, false>(p, ws, ws_bytes, device, sms, s, op);
+      break;
+  }
+}
+
+int64_t path_workspace_bytes(const SpParams& p, LinearPath path, int sms) {
+  switch (path) {
+    case LinearPath::kSmall: return workspace_bytes_of<CfgSmall>(p, sms);
+    case LinearPath::kLarge: return workspace_bytes_of<CfgLarge>(p, sms);
+    default: return workspace_bytes_of<CfgMid>(p, sms);
   }
 }
 
 }  // namespace
 
-void sparse24_linear(const Sparse24LinearArgs& a, int device, uintptr_t stream) {
+int64_t sparse24_linear_workspace_bytes(const Sparse24LinearArgs& a, int device) {
+  const char* op = "sparse24_linear (cuda)";
+  if (!check_linear_args(a, op)) return 0;
+  require_device_index(device, op);
+  const int sms = sm_count(device, op);
+  const SpParams p = make_linear_params(a);
+  return path_workspace_bytes(p, pick_path(p, linear_async_ok(a, p), sms), sms);
+}
+
+void sparse24_linear(const Sparse24LinearArgs& a, void* workspace, int64_t workspace_bytes, int device,
+                     uintptr_t stream) {
   const char* op = "sparse24_linear (cuda)";
   const bool work = check_linear_args(a, op);
   DeviceGuard guard(device, op);
@@ -886,8 +899,8 @@ void sparse24_linear(const Sparse24LinearArgs& a, int device, uintptr_t stream) 
   const LinearPath path = pick_path(p, linear_async_ok(a, p), sms);
   const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   (void)cudaGetLastError();  // do not report someone else's stale error as ours
-  if (a.dtype == kBFloat16) launch_linear_path<true>(p, path, device, sms, s, op);
-  else launch_linear_path<false>(p, path, device, sms, s, op);
+  if (a.dtype == kBFloat16) launch_linear_path<true>(p, path, workspace, workspace_bytes, device, sms, s, op);
+  else launch_linear_path<false>(p, path, workspace, workspace_bytes, device, sms, s, op);
 }
 
 void nm_mask(const NMMaskArgs& a, int device, uintptr_t stream) {

@@ -50,8 +50,20 @@ def emulating() -> bool:
 
 
 def load_emulator():
-    """tforge._emu, or a RuntimeError that says how to build it."""
+    """tforge._emu, or a RuntimeError that says how to build it. TFORGE_EMU_PATH names another build
+    of it to load instead (tests/emu_mutations.py builds mutated kernels there)."""
+    import os
+    path = os.environ.get("TFORGE_EMU_PATH")
     try:
+        if path:
+            import importlib.util
+            import sys
+            if "tforge._emu" not in sys.modules:
+                spec = importlib.util.spec_from_file_location("tforge._emu", path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                sys.modules["tforge._emu"] = module
+            return sys.modules["tforge._emu"]
         from tforge import _emu
     except ImportError as exc:
         raise RuntimeError(

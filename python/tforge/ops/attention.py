@@ -167,8 +167,9 @@ def _check_cu_seqlens(op: str, q: Tensor, k: Tensor, cu_q: Tensor, cu_k: Tensor,
             raise ValueError(f"{op}: {name} is on {cu.device} but q is on {q.device}")
         if not isinstance(mx, int) or mx < 0:
             raise ValueError(f"{op}: max_seqlen for {name} must be an int >= 0, got {mx!r}")
-        # Contents are checked eagerly on CPU only: cheap there; on GPU the kernels bound-check instead of
-        # syncing, and under torch.compile the values are not known while tracing.
+        # Contents are checked eagerly on CPU only: cheap there. On GPU (no sync) the CUDA kernels clamp
+        # each sequence to the tensors and max_seqlen and rows outside every sequence stay zero (as in
+        # Triton); under torch.compile the values are not known while tracing.
         if cu.device.type == "cpu" and not isinstance(cu, torch._subclasses.FakeTensor) \
                 and not torch.compiler.is_compiling():
             vals = cu.tolist()
@@ -259,6 +260,7 @@ def _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window) -> dict
         seqlen_q=max_q if varlen else q.shape[1], seqlen_k=max_k if varlen else k.shape[1],
         heads_q=q.shape[-2], heads_k=k.shape[-2], head_dim=q.shape[-1],
         cu_seqlens_q=_native.ptr(cu_q), cu_seqlens_k=_native.ptr(cu_k), total_q=q.shape[0] if varlen else 0,
+        total_k=k.shape[0] if varlen else 0,
         softmax_scale=float(scale), causal=bool(causal), window_left=window[0], window_right=window[1],
         bias=_native.ptr(bias), bias_strides=tuple(bias.stride()) if bias is not None else (0, 0, 0, 0),
         dtype=_native.dtype_code(q),
@@ -272,8 +274,12 @@ def _lse_shape(q: Tensor, varlen: bool):
 def _fwd_native(q, k, v, bias, cu_q, cu_k, max_q, max_k, scale, causal, window, device_kind):
     C = _native.require()
     varlen = cu_q is not None
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    # Varlen on CUDA: rows no (clamped) sequence covers are never written; zeros, as Triton gives.
+    alloc = torch.zeros if varlen and device_kind == "cuda" else torch.empty
+    out = alloc(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(_lse_shape(q, varlen), dtype=torch.float32, device=q.device)
+    if varlen and device_kind == "cuda":
+        lse.fill_(float("-inf"))
     params, _bias = _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window)
     args = dict(q=_desc(q, varlen), k=_desc(k, varlen), v=_desc(v, varlen), out=_desc(out, varlen),
                 lse=_native.ptr(lse), params=params)
@@ -289,9 +295,10 @@ def _bwd_native(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, 
                 device_kind):
     C = _native.require()
     varlen = cu_q is not None
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    alloc = torch.zeros if varlen and device_kind == "cuda" else torch.empty  # as in the forward
+    dq = alloc(q.shape, dtype=q.dtype, device=q.device)
+    dk = alloc(k.shape, dtype=k.dtype, device=k.device)
+    dv = alloc(v.shape, dtype=v.dtype, device=v.device)
     params, _bias = _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window)
     args = dict(q=_desc(q, varlen), k=_desc(k, varlen), v=_desc(v, varlen), out=_desc(out, varlen),
                 dout=_desc(dout, varlen), lse=_native.ptr(lse), dq=_desc(dq, varlen), dk=_desc(dk, varlen),

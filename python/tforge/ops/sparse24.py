@@ -347,7 +347,10 @@ def _linear_native(kind: str, x2: Tensor, values: Tensor, meta: Tensor, scale: O
     if kind == "cpu":
         C.sparse24_linear_cpu(*args, torch.get_num_threads())
     else:
-        C.sparse24_linear_cuda(*args, *_native.cuda_stream(x2))
+        device, stream = _native.cuda_stream(x2)
+        n_ws = C.sparse24_linear_cuda_workspace(*args, device)  # split-K partials, from torch's allocator
+        ws = torch.empty(max(n_ws, 1), dtype=torch.uint8, device=x2.device)
+        C.sparse24_linear_cuda(*args, _native.ptr(ws), n_ws, device, stream)
 
 
 @_dispatch.custom_op("tforge::sparse24_linear")
