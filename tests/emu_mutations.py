@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,9 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("drop __syncthreads", "norm.cu", "__syncthreads();", "",
+    Mutation("drop __syncthreads", "norm.cu",
+             "  __syncthreads();\n  const int nw = static_cast<int>(blockDim.x >> 5);",
+             "  const int nw = static_cast<int>(blockDim.x >> 5);",
              "test_norm and 4104", "block reduction reads partial sums before all warps wrote them"),
     Mutation("drop cp.async wait", "attention.cu", "cp_async_wait<2>();  // Q and K, V of t", "",
              "test_attention and not varlen", "QK^T reads K/V tiles still being copied"),
@@ -54,7 +57,8 @@ MUTATIONS = [
              "test_attention and not varlen", "the softmax denominator keeps stale maxima"),
     Mutation("drop __syncwarp", "attention.cu", "syncwarp();          // and the other lanes'", "",
              "test_attention and bias", "lanes read bias values other lanes' cp.async has not landed"),
-    Mutation("drop pipeline wait (int8)", "int8.cu", "cp_async_wait<C::STAGES - 2>();", "",
+    Mutation("drop pipeline wait (int8)", "int8.cu",
+             "        cp_async_commit();\n        cp_async_wait<C::STAGES - 2>();", "        cp_async_commit();",
              "test_int8_matmul", "mma reads an int8 stage before its copies land"),
     Mutation("split-K barrier dropped (int8)", "int8.cu", "    __syncthreads();\n    if (wk > 0) return;",
              "    if (wk > 0) return;", "test_int8_matmul",
@@ -98,9 +102,9 @@ def _run_tests(so: Path, expr: str) -> tuple[bool, str]:
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                         str(ROOT / "tests" / "test_emu_kernels.py"), "-k", expr],
                        capture_output=True, text=True, env=env, cwd=ROOT)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("E ") or "RuntimeError" in ln]
-    first = next((ln[2:].strip() for ln in lines if ln.startswith("E ")), "")
-    return r.returncode == 0, first[:160]
+    first = next((ln[2:].strip() for ln in r.stdout.splitlines() if ln.startswith("E ")), "")
+    first = re.sub(r" \(/[^)]*\)", "", first)  # source paths
+    return r.returncode == 0, first[:200]
 
 
 def _apply(m: Mutation) -> None:

@@ -215,13 +215,15 @@ def test_int8_linear(emu, out_dtype, m, k, n):
     assert_close(y, ref, out_dtype)
 
 
+@pytest.mark.parametrize("col_scale", [False, True], ids=["", "col_scale"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows,cols", [(1, 1), (7, 100), (5, 1032), (3, 5000)])
-def test_quantize_per_token(emu, dtype, rows, cols):
+def test_quantize_per_token(emu, dtype, rows, cols, col_scale):
     x = torch.randn(rows, cols, dtype=dtype) * 3
     x[0, 0] = 0.0
-    q, s = tforge.quantize_per_token(x, backend="cuda")
-    rq, rs = quantize_per_token_ref(x)
+    cs = torch.rand(cols) + 0.5 if col_scale else None
+    q, s = tforge.quantize_per_token(x, col_scale=cs, backend="cuda")
+    rq, rs = quantize_per_token_ref(x, cs)
     torch.testing.assert_close(s, rs, rtol=0, atol=0)
     assert (q.int() - rq.int()).abs().max().item() <= 1  # ties may round either way only via fp32 x/scale
     assert (q != rq).float().mean().item() < 1e-3
@@ -262,6 +264,26 @@ def test_nm_mask(emu, dtype, n, m):
     scores = torch.randn(7, 8 * m, dtype=dtype)
     scores[0, :m] = 1.0  # ties: the lower index wins
     torch.testing.assert_close(tforge.nm_mask(scores, n, m, backend="cuda"), nm_mask_ref(scores, n, m))
+
+
+# ---------------------------------------------------------------- larger shapes (slow)
+
+@pytest.mark.slow
+def test_larger_shapes(emu):
+    """A few GPU-like sizes: several K tiles, pipeline wrap-around, many CTAs."""
+    q = torch.randn(2, 257, 4, 128, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(2, 300, 2, 128, dtype=torch.bfloat16, requires_grad=True)
+    out = tforge.attention(q, k, k, causal=True, backend="cuda")
+    assert_close(out, attention_ref(q.float(), k.float(), k.float(), causal=True), torch.bfloat16)
+    out.float().sum().backward()
+    x = torch.randn(64, 8192, dtype=torch.bfloat16)
+    assert_close(tforge.layer_norm(x, backend="cuda"), layer_norm_ref(x.float()), torch.bfloat16)
+    a = torch.randint(-127, 128, (256, 1024), dtype=torch.int8)
+    b = torch.randint(-127, 128, (512, 1024), dtype=torch.int8)
+    torch.testing.assert_close(tforge.int8_matmul(a, b, backend="cuda"), int8_matmul_ref(a, b), rtol=0, atol=0)
+    packed = _packed(512, 1024, torch.float16)
+    x = torch.randn(256, 1024, dtype=torch.float16)
+    assert_close(tforge.sparse24_linear(x, packed, backend="cuda"), sparse24_ref(x.float(), packed), torch.float16)
 
 
 # ---------------------------------------------------------------- coverage
