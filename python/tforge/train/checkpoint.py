@@ -345,20 +345,51 @@ def list_checkpoints(root: PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _pointer_target(root: Path, pointer: Path) -> Path:
+    """The checkpoint folder a `latest` file names; it must be a folder directly inside root (a pointer
+    such as ../other/step-... would load another run's weights)."""
+    name = pointer.read_text(errors="replace").strip()
+    target = root / name
+    if not name or "/" in name or "\\" in name or name in (".", "..") \
+            or target.resolve().parent != root.resolve():
+        raise CheckpointError(f"{pointer} names {name!r}, which is not a checkpoint folder inside {root}; "
+                              f"refusing to follow it (fix or delete {pointer})")
+    return target
+
+
 def find_checkpoint(path: PathLike) -> Optional[Path]:
     """Resolve what to load: `path` itself when it is a checkpoint directory,
     else the one its `latest` file names, else the newest step-* directory;
-    None when there is none."""
+    None when there is none. A checkpoint that is there but cannot be verified
+    (its manifest deleted, the folder `latest` names gone) raises
+    CheckpointError rather than silently loading an older one."""
     path = Path(path)
     if (path / MANIFEST).is_file():
         return path
+    if path.is_dir() and (_STEP_DIR.match(path.name) or path.name == "best") and not (path / LATEST).exists():
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is missing (incomplete save or not a tforge "
+                              f"checkpoint)")
+    found = list_checkpoints(path)
+    chosen = found[-1][1] if found else None
     pointer = path / LATEST
     if pointer.is_file():
-        target = path / pointer.read_text().strip()
-        if target.is_dir() and (target / MANIFEST).is_file():
-            return target
-    found = list_checkpoints(path)
-    return found[-1][1] if found else None
+        target = _pointer_target(path, pointer)
+        if not (target / MANIFEST).is_file():
+            undo = f"{target.name}/ and {LATEST}" if target.is_dir() else LATEST
+            older = f"; remove {undo} to go back to {chosen.name}" if chosen is not None else ""
+            what = f"{MANIFEST} is missing" if target.is_dir() else "the folder does not exist"
+            raise CheckpointError(f"checkpoint {target} (named by {pointer}): {what}, so it cannot be "
+                                  f"verified{older}")
+        chosen = target
+    if chosen is not None and path.is_dir():
+        # a newer step-* folder without a manifest was damaged after saving (saves rename complete folders)
+        step = int(_STEP_DIR.match(chosen.name).group(1)) if _STEP_DIR.match(chosen.name) else -1
+        for entry in path.iterdir():
+            m = _STEP_DIR.match(entry.name)
+            if m and int(m.group(1)) > step and entry.is_dir() and not (entry / MANIFEST).is_file():
+                raise CheckpointError(f"checkpoint {entry}: {MANIFEST} is missing, so the newest checkpoint "
+                                      f"cannot be verified; delete {entry.name} to go back to {chosen.name}")
+    return chosen
 
 
 def _prune(root: Path, keep_last: int) -> None:
