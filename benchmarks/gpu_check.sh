@@ -152,7 +152,7 @@ detail() {  # the line worth reading from a step's log
           "$log") sanitizer reports"; } | paste -sd';' ;;
     preflight) { grep MISSING "$log" | awk '{print $1}' | paste -sd, | sed 's/^./missing: &/'
       grep -E '^cuda .*available' "$log"; } | grep . | paste -sd';' | cut -c1-70 ;;
-    build) grep -E 'Successfully installed|error|Error' "$log" | tail -n1 | cut -c1-60 ;;
+    build) { grep -E '^CUDA kernels' "$log" || grep -m1 -E 'FAILED:|error:|Error' "$log"; } | cut -c1-75 ;;
     *) grep . "$log" | tail -n1 | cut -c1-60 ;;
   esac
 }
