@@ -120,6 +120,26 @@ def test_resume_without_checkpoint_is_refused_and_overwrite_starts_over(work, ba
     assert max(steps) == 2 and steps == sorted(steps)  # one run, not two appended
 
 
+def test_trainer_resume_true_refuses_a_run_without_checkpoint(base_run, tmp_path):
+    """The library path: Trainer.fit(resume=True) used to log 'starting fresh' over the old run."""
+    from tforge.models import GPT, GPTConfig
+    from tforge.train import CheckpointError, TrainConfig, Trainer
+    run = copy_run(base_run, tmp_path / "run")
+    for p in [*run.glob("step-*"), run / "latest"]:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    before = (run / "metrics.jsonl").read_bytes()
+    model = GPT(GPTConfig(vocab_size=60, n_layer=1, n_head=2, d_model=32, max_seq_len=32))
+    trainer = Trainer(model, [{"input_ids": torch.zeros(1, 4, dtype=torch.long)}],
+                      TrainConfig(max_steps=2, out_dir=str(run), progress=False))
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        trainer.fit(resume=True)
+    assert (run / "metrics.jsonl").read_bytes() == before
+    empty = tmp_path / "empty"  # an empty folder is a fresh start, as documented
+    Trainer(model, [{"input_ids": torch.zeros(1, 4, dtype=torch.long), "labels": torch.zeros(1, 4, dtype=torch.long)}],
+            TrainConfig(max_steps=1, out_dir=str(empty), progress=False, save_every=0)).fit(resume=True)
+    assert (empty / "latest").is_file()
+
+
 def test_deleted_manifest_on_newest_checkpoint_is_reported(base_run, tmp_path, capsys):
     from tforge.train import CheckpointError, find_checkpoint
     run = copy_run(base_run, tmp_path / "run")
