@@ -58,7 +58,7 @@ for it in range(iters):
     print(json.dumps({"it": it, "step": contents.step, "ok": ok}), flush=True)
     step = contents.step
 save_checkpoint(root, step + 1, model, opt, keep_last=2)  # a clean save sweeps what the kills left
-print(json.dumps({"leftovers": sorted(p for p in os.listdir(root) if p.startswith(".tmp-"))}), flush=True)
+print(json.dumps({"leftovers": sorted(p for p in os.listdir(root) if p.startswith("."))}), flush=True)
 """
 
 
