@@ -8,18 +8,18 @@ strides, and rows with no allowed key give out = 0, lse = -inf and zero gradient
 Forward: one program per (query block, batch, q head) keeps an online softmax over the key blocks
 that intersect its causal / window band (scores prescaled by log2(e) so exp2 does the work), fp32
 accumulation, and writes out and the fp32 lse. Backward: a preprocess kernel computes
-delta = rowsum(dO * O); a dq kernel per (query block, batch, q head) walks the key blocks (and
-writes each row's softmax statistics for the next kernel); a dk/dv kernel per (key block, batch,
-kv head) walks the q heads of its group and their query blocks (so dk/dv are summed over the group
-without atomics: deterministic). P and dS are rounded to the input dtype
+delta = rowsum(dO * O); a stats kernel turns lse into the per-row (m2, ll2) that p = exp2((s - m2) - ll2)
+uses (see below); a dq kernel per (query block, batch, q head) walks the key blocks; a dk/dv kernel
+per (key block, batch, kv head) walks the q heads of its group and their query blocks (so dk/dv are
+summed over the group without atomics: deterministic). P and dS are rounded to the input dtype
 before their matmuls, as FlashAttention does.
 
 Bias values below -1e38 (finite ones such as torch.finfo(torch.float32).min) are clamped to -1e38
 before the log2(e) prescale, as the CUDA kernel does: otherwise bias * log2(e) overflows to -inf and a
 row masked only by such values becomes an empty row (zeros) instead of the uniform softmax that plain
 fp32 PyTorch gives. In rows masked only by huge finite biases lse has lost the precision that
-exp2(s - lse * log2(e)) needs; the dq kernel recomputes their max and sum and keeps them apart for
-the backward (see _attention_bwd_dq_kernel), and every backward probability is capped at 1 (as CUDA's
+exp2(s - lse * log2(e)) needs; the stats kernel recomputes their max and sum and keeps them apart for
+the backward (see _attention_bwd_stats_kernel), and every backward probability is capped at 1 (as CUDA's
 prob_bwd), so a rounding error never overflows exp2 to inf (then NaN in dS).
 
 Varlen: tokens after cu_seqlens_q[-1] (or cu_seqlens_k[-1]) belong to no sequence; they are left
@@ -66,21 +66,23 @@ def _bias_log2(bias):
 @triton.jit
 def _prob_bwd(s, m2, ll2):
     """exp2((s - m2) - ll2) with m2 + ll2 the row's lse in log2 units (ll2 = 0 except in rows whose
-    max and sum the dq kernel recomputed), at most 1 as in exact arithmetic; NaN propagates."""
+    max and sum the stats kernel recomputed), at most 1 as in exact arithmetic; NaN propagates."""
     d = (s - m2) - ll2
     return tl.exp2(tl.where(d > 0.0, 0.0, d))
 
 
 @triton.jit
-def _score_tile(q, k, bias_ptrs, rows, cols, sq, sk, offset, window_left, window_right, qk_scale,
-                IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_BIAS: tl.constexpr,
-                DOT_F32: tl.constexpr):
-    """Logits in log2 units of queries rows x keys cols (-inf where not allowed), as the forward has them."""
+def _score_tile(q, k, bias_ptr, offs_m, offs_n, stride_bm, stride_bn, rows, cols, sq, sk, offset, window_left,
+                window_right, qk_scale, IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
+                HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr):
+    """Logits in log2 units of queries rows x keys cols (-inf where not allowed), as the forward has them;
+    bias_ptr points at the tile's (0, 0) bias."""
     s = _dot(q, tl.trans(k), DOT_F32) * qk_scale
     ok = _allowed(rows[:, None], cols[None, :], sq, sk, offset, window_left, window_right, IS_CAUSAL, HAS_WL,
                   HAS_WR)
     if HAS_BIAS:
-        s += _bias_log2(tl.load(bias_ptrs, mask=ok, other=0.0))
+        bias = tl.load(bias_ptr + offs_m[:, None] * stride_bm + offs_n[None, :] * stride_bn, mask=ok, other=0.0)
+        s += _bias_log2(bias)
     return tl.where(ok, s, float("-inf"))
 
 
@@ -291,8 +293,8 @@ def _attention_bwd_dkdv_kernel(
     Q, K, V,  # as in the forward
     BIAS,  # fp32 (B, Hq, Sq, Sk) by strides (HAS_BIAS)
     DOUT,  # like Q, any strides (unit on D)
-    M2,  # fp32, the forward's LSE layout: per row m2 (log2 units), written by the dq kernel
-    LL2,  # fp32, LSE's layout: per row ll2; lse * log2(e) = m2 + ll2 (see _attention_bwd_dq_kernel)
+    M2,  # fp32, the forward's LSE layout: per row m2 (log2 units), from the stats kernel
+    LL2,  # fp32, LSE's layout: per row ll2; lse * log2(e) = m2 + ll2 (see _attention_bwd_stats_kernel)
     DELTA,  # fp32, LSE's layout
     DK, DV,  # like K, contiguous strides passed below, k.dtype
     CU_Q, CU_K,
@@ -365,7 +367,7 @@ def _attention_bwd_dkdv_kernel(
                         other=0.0)
             do = tl.load(do_base + m64 * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :], mask=qd_mask,
                          other=0.0)
-            # p = exp2((s - m2) - ll2): the dq kernel's per-row statistics (rows past sq are masked anyway).
+            # p = exp2((s - m2) - ll2): the stats kernel's per-row values (rows past sq are masked anyway).
             m2 = tl.load(l_base + rows, mask=row_mask, other=0.0)
             ll2 = tl.load(ll_base + rows, mask=row_mask, other=0.0)
             delta = tl.load(d_base + rows, mask=row_mask, other=0.0)
@@ -392,9 +394,93 @@ def _attention_bwd_dkdv_kernel(
 
 
 @triton.jit
+def _attention_bwd_stats_kernel(
+    Q, K,  # as in the forward
+    BIAS,  # fp32 (B, Hq, Sq, Sk) by strides (HAS_BIAS)
+    LSE,  # fp32, forward's layout
+    M2, LL2,  # fp32, LSE's layout: written here (see below)
+    CU_Q, CU_K,
+    stride_qb, stride_qm, stride_qh,
+    stride_kb, stride_kn, stride_kh,
+    stride_bb, stride_bh, stride_bm, stride_bn,
+    stride_lb, stride_lh,
+    seqlen_q, seqlen_k,
+    head_dim,
+    group,
+    qk_scale,
+    window_left, window_right,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    HAS_WL: tl.constexpr,
+    HAS_WR: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
+    """Per query row the (m2, ll2) of the backward's p = exp2((s - m2) - ll2).
+
+    Usually m2 = lse * log2(e) and ll2 = 0 (rows with no allowed key, lse = -inf: m2 = +inf, so every p
+    is 0, not NaN). Rows masked only by huge finite biases (finfo.min, -1e9, -1e4) have |lse| so large
+    that its rounding error (ulp >= 2^-13 past |lse| = 1024) swamps s - lse; for them the row max m2 and
+    ll2 = log2(sum exp2(s - m2)) are recomputed from the logits and kept apart, so the backward sees the
+    softmax the forward computed. A separate kernel, so the dq and dk/dv kernels keep their registers:
+    blocks without such rows only convert lse."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    q_start, sq, k_start, sk = _seq_bounds(CU_Q, CU_K, b, seqlen_q, seqlen_k, IS_VARLEN)
+    m0 = pid_m * BLOCK_M
+    if m0 >= sq:
+        return
+    offset = sk - sq
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    q_row0 = q_start.to(tl.int64) + m0
+    offs_m = tl.arange(0, BLOCK_M)
+    rows = m0 + offs_m
+    row_mask = rows < sq
+    l_off = b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m
+    lse = tl.load(LSE + l_off, mask=row_mask, other=0.0)
+    m2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    ll2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    huge = row_mask & (tl.abs(lse) > 1024.0) & (tl.abs(lse) < float("inf"))
+    if tl.max(huge.to(tl.int32), 0) > 0:
+        hk64 = (h // group).to(tl.int64)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < head_dim
+        q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + q_row0 * stride_qm + offs_m[:, None] * stride_qm
+                    + offs_d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+        k_base = K + b64 * stride_kb + hk64 * stride_kh + k_start.to(tl.int64) * stride_kn
+        bias_base = BIAS + b64 * stride_bb + h64 * stride_bh + m0.to(tl.int64) * stride_bm
+        m_r = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_r = tl.zeros([BLOCK_M], dtype=tl.float32)
+        lo, hi = _key_range(m0, sk, offset, window_left, window_right, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WL, HAS_WR)
+        for start_n in range(lo, hi, BLOCK_N):
+            cols = start_n + offs_n
+            n64 = tl.cast(start_n, tl.int64)
+            k = tl.load(k_base + n64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :],
+                        mask=(cols < sk)[:, None] & d_mask[None, :], other=0.0)
+            s = _score_tile(q, k, bias_base + n64 * stride_bn, offs_m, offs_n, stride_bm, stride_bn, rows, cols,
+                            sq, sk, offset, window_left, window_right, qk_scale, IS_CAUSAL, HAS_WL, HAS_WR,
+                            HAS_BIAS, DOT_F32)
+            m_new = tl.maximum(m_r, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l_r = l_r * tl.exp2(m_r - m_use) + tl.sum(tl.exp2(s - m_use[:, None]), 1)
+            m_r = m_new
+        m2 = tl.where(huge, m_r, m2)
+        ll2 = tl.where(huge, tl.log2(tl.where(huge, l_r, 1.0)), ll2)
+    tl.store(M2 + l_off, m2, mask=row_mask)
+    tl.store(LL2 + l_off, ll2, mask=row_mask)
+
+
+@triton.jit
 def _attention_bwd_dq_kernel(
-    Q, K, V, BIAS, DOUT, LSE, DELTA,
-    M2, LL2,  # fp32, LSE's layout: written here for the dk/dv kernel (see below)
+    Q, K, V, BIAS, DOUT,
+    M2, LL2,  # fp32, LSE's layout: the stats kernel's (m2, ll2)
+    DELTA,
     DQ,  # like Q, q.dtype
     CU_Q, CU_K,
     stride_qb, stride_qm, stride_qh,
@@ -446,41 +532,13 @@ def _attention_bwd_dq_kernel(
                 + offs_d[None, :], mask=qd_mask, other=0.0)
     do = tl.load(DOUT + b64 * stride_dob + h64 * stride_doh + q_row0 * stride_dom + offs_m[:, None] * stride_dom
                  + offs_d[None, :], mask=qd_mask, other=0.0)
-    lse = tl.load(LSE + b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m, mask=row_mask, other=0.0)
+    m2 = tl.load(M2 + b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m, mask=row_mask, other=0.0)
+    ll2 = tl.load(LL2 + b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m, mask=row_mask, other=0.0)
     delta = tl.load(DELTA + b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m, mask=row_mask, other=0.0)
     k_base = K + b64 * stride_kb + hk64 * stride_kh + k_row0 * stride_kn
     v_base = V + b64 * stride_vb + hk64 * stride_vh + k_row0 * stride_vn
     bias_base = BIAS + b64 * stride_bb + h64 * stride_bh + m0.to(tl.int64) * stride_bm
-    bias_tile = offs_m[:, None] * stride_bm + offs_n[None, :] * stride_bn
     lo, hi = _key_range(m0, sk, offset, window_left, window_right, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WL, HAS_WR)
-
-    # p = exp2((s - m2) - ll2). Usually m2 = lse * log2(e) and ll2 = 0 (rows with no allowed key,
-    # lse = -inf: m2 = +inf, so every p is 0, not NaN). Rows masked only by huge finite biases
-    # (finfo.min, -1e9, -1e4) have |lse| so large that its rounding error (ulp >= 2^-13 past 1024)
-    # swamps s - lse; their max m2 and ll2 = log2(sum exp2(s - m2)) are recomputed (exactly, from the
-    # same logits) and kept apart, so the backward still sees the softmax the forward computed.
-    m2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    ll2 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    huge = row_mask & (tl.abs(lse) > 1024.0) & (tl.abs(lse) < float("inf"))
-    if tl.max(huge.to(tl.int32), 0) > 0:
-        m_r = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_r = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for start_n in range(lo, hi, BLOCK_N):
-            cols = start_n + offs_n
-            n64 = tl.cast(start_n, tl.int64)
-            k = tl.load(k_base + n64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :],
-                        mask=(cols < sk)[:, None] & d_mask[None, :], other=0.0)
-            s = _score_tile(q, k, bias_base + n64 * stride_bn + bias_tile, rows, cols, sq, sk, offset,
-                            window_left, window_right, qk_scale, IS_CAUSAL, HAS_WL, HAS_WR, HAS_BIAS, DOT_F32)
-            m_new = tl.maximum(m_r, tl.max(s, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            l_r = l_r * tl.exp2(m_r - m_use) + tl.sum(tl.exp2(s - m_use[:, None]), 1)
-            m_r = m_new
-        m2 = tl.where(huge, m_r, m2)
-        ll2 = tl.where(huge, tl.log2(tl.where(huge, l_r, 1.0)), ll2)
-    tl.store(M2 + b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m, m2, mask=row_mask)
-    tl.store(LL2 + b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m, ll2, mask=row_mask)
-
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
@@ -488,7 +546,7 @@ def _attention_bwd_dq_kernel(
         n64 = tl.cast(start_n, tl.int64)
         k = tl.load(k_base + n64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + n64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = _score_tile(q, k, bias_base + n64 * stride_bn + bias_tile, rows, cols, sq, sk, offset,
+        s = _score_tile(q, k, bias_base + n64 * stride_bn, offs_m, offs_n, stride_bm, stride_bn, rows, cols, sq, sk, offset,
                         window_left, window_right, qk_scale, IS_CAUSAL, HAS_WL, HAS_WR, HAS_BIAS, DOT_F32)
         p = _prob_bwd(s, m2[:, None], ll2[:, None])
         dp = _dot(do, tl.trans(v), DOT_F32)
@@ -679,12 +737,20 @@ def attention_bwd(dout, q, k, v, out, lse, *, softmax_scale, causal, window_left
         sq, d,
         BLOCK_M=pre_m, BLOCK_D=block_d, IS_VARLEN=varlen, num_warps=4,
     )
-    # The dq kernel first: it also writes each row's (m2, ll2) that the dk/dv kernel reads.
     m2 = torch.empty_like(lse)
     ll2 = torch.empty_like(lse)
     block_m, block_n, warps, stages = _fwd_config(d, q.dtype == torch.float32)
+    stats_flags = {k: v for k, v in flags.items() if k != "SOFT_BF16"}
+    _attention_bwd_stats_kernel[(triton.cdiv(sq, block_m), batch, hq)](
+        q, k, bias_t, lse, m2, ll2, cu_q, cu_k,
+        *q_s, *k_s, *bias_s, *lse_s,
+        sq, sk, d, group, scale * _LOG2E, wl, wr,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        num_warps=warps, num_stages=stages,
+        **stats_flags,
+    )
     _attention_bwd_dq_kernel[(triton.cdiv(sq, block_m), batch, hq)](
-        q, k, v, bias_t, dout, lse, delta, m2, ll2, dq, cu_q, cu_k,
+        q, k, v, bias_t, dout, m2, ll2, delta, dq, cu_q, cu_k,
         *q_s, *k_s, *v_s, *do_s, *_strides3(dq, varlen),
         *bias_s, *lse_s,
         sq, sk, d, group, scale, scale * _LOG2E, wl, wr,
