@@ -87,11 +87,21 @@ def new_run_dir(verb: str, out: Optional[str] = None, *, resume: bool = False, o
         path = Path(tdist.all_gather_bytes(str(path).encode())[0].decode())
     if resume and not path.is_dir():
         raise FileNotFoundError(f"--resume: run folder {path} does not exist")
+    error = None
     if tdist.is_main():
-        path.mkdir(parents=True, exist_ok=True)
-        lock_run_dir(path, f"tforge {verb}")  # before looking inside: a live run may be writing there
-        if overwrite:
-            _clear_run(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            lock_run_dir(path, f"tforge {verb}")  # before looking inside: a live run may be writing there
+            if overwrite:
+                _clear_run(path)
+        except (ValueError, OSError) as e:
+            error = e
+    if tdist.is_distributed():  # the other ranks must stop too, not wait for rank 0 at a barrier
+        why = tdist.all_gather_bytes(("!" + str(error) if error else "-").encode())[0].decode()
+        if why.startswith("!") and error is None:
+            raise ValueError(why[1:])
+    if error is not None:
+        raise error
     tdist.barrier()
     if resume:
         _check_resumable(path)
