@@ -222,6 +222,31 @@ def test_same_seed_same_losses_other_seed_other_losses(work, tmp_path, capsys):
     assert runs["c"] != runs["a"]
 
 
+def test_finetune_same_seed_same_losses(work, tmp_path, capsys):
+    """The classification head is new, randomly initialised weights: they must follow train.seed."""
+    transformers = pytest.importorskip("transformers")
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    transformers.BertTokenizerFast(str(bert / "vocab.txt")).save_pretrained(str(bert))
+    transformers.BertModel(transformers.BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=32,
+                                                   max_position_embeddings=32)).save_pretrained(str(bert))
+    rng = random.Random(2)
+    rows = ["text,label"] + [f"{' '.join(rng.choice(WORDS) for _ in range(6))},{rng.choice('ab')}" for _ in range(48)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    runs = []
+    for i in range(2):
+        torch.manual_seed(2000 + i)
+        rc, _, err = run_cli(["finetune", "--pretrained", bert, "--train", tmp_path / "train.csv", "--test", "",
+                              "--mode", "head", "--steps", 3, "--out", tmp_path / f"ft{i}", "--set",
+                              "data.val_fraction=0", "--set", "data.max_len=12", "--set", "data.batch_size=8",
+                              "--set", "train.progress=false", "--set", "train.log_every=1"], capsys)
+        assert rc == 0, err
+        runs.append(losses(tmp_path / f"ft{i}"))
+    assert len(runs[0]) == 3 and runs[0] == runs[1]
+
+
 # ---------------------------------------------------------------- 13. one-line errors, not tracebacks
 
 @pytest.mark.parametrize("device, needle", [("tpu", "is not a device"), ("cuda:7", "GPU"), ("cuda", "GPU")])
