@@ -133,14 +133,24 @@ def run(args) -> list[dict]:
                     peers = [st.median_ms for n, st in stats.items() if n.startswith("sdpa")]
                     best_sdpa = min(peers) if peers else None
                     fl = flops(direction, b, s, h, d, causal)
+                    case_records = []
                     for name, st in stats.items():
                         peak = _peak_mb(cands[name], device)
-                        records.append(report.make_record(
+                        case_records.append(report.make_record(
                             op="attention", shape=(b, s, h, d), dtype=dtype, direction=direction, backend=name,
                             median_ms=st.median_ms, machine=minfo, versions=vers, flops=fl,
                             ratio=best_sdpa / st.median_ms if best_sdpa else None, run_id=run_id, causal=causal,
                             peak_mb=peak))
+                    records += case_records
+                    _append(args, case_records)
     return records
+
+
+def _append(args, case_records) -> None:
+    """Append one case's JSON lines as soon as it is measured: a run cut short
+    (gpu_check.sh's timeouts) keeps everything measured before the cut."""
+    if not args.no_json:
+        report.append_jsonl(report.jsonl_path(report.resolve_out_dir(args.out), "attention"), case_records)
 
 
 def _with(ctx_factory, fn):
@@ -204,7 +214,11 @@ def main(argv=None) -> int:
     if args.quick:
         args.repeats, args.max_seconds = 3, 3.0
     records = run(args)
-    report.emit(records, COLUMNS, goals(records), "attention", args.out, not args.no_json, separate_on=("shape", "dtype", "causal", "direction"))
+    # the JSON lines were appended case by case in run()
+    report.emit(records, COLUMNS, goals(records), "attention", args.out, False,
+                separate_on=("shape", "dtype", "causal", "direction"))
+    if not args.no_json and records:
+        print(f"\n{len(records)} records appended to {report.jsonl_path(report.resolve_out_dir(args.out), 'attention')}")
     return 0
 
 

@@ -78,13 +78,17 @@ def run(args) -> list[dict]:
         stats = harness.bench_interleaved(cands, device=device, repeats=args.repeats, max_seconds=args.max_seconds)
         base = stats["torch.matmul"].median_ms
         int_mm = stats["torch._int_mm"].median_ms if "torch._int_mm" in stats else None
+        case_records = []
         for name, st in stats.items():
             op = name.split(":")[0]
-            records.append(report.make_record(
+            case_records.append(report.make_record(
                 op="int8_gemm", shape=(m, n, k), dtype="int8", direction="fwd", backend=name,
                 median_ms=st.median_ms, machine=minfo, versions=vers, flops=2.0 * m * n * k, ratio=base / st.median_ms,
                 run_id=run_id, candidate_op=op, gops=2.0 * m * n * k / (st.median_ms * 1e-3) / 1e9,
                 ratio_vs_int_mm=int_mm / st.median_ms if int_mm else None, float_dtype=str(fdtype)))
+        records += case_records
+        if not args.no_json:  # appended per shape: a run cut short keeps what it measured
+            report.append_jsonl(report.jsonl_path(report.resolve_out_dir(args.out), "int8_gemm"), case_records)
     return records
 
 
@@ -118,7 +122,9 @@ def main(argv=None) -> int:
     if args.quick:
         args.repeats, args.max_seconds = 3, 3.0
     records = run(args)
-    report.emit(records, COLUMNS, goals(records), "int8_gemm", args.out, not args.no_json, separate_on=("shape",))
+    report.emit(records, COLUMNS, goals(records), "int8_gemm", args.out, False, separate_on=("shape",))  # JSON: in run()
+    if not args.no_json and records:
+        print(f"\n{len(records)} records appended to {report.jsonl_path(report.resolve_out_dir(args.out), 'int8_gemm')}")
     return 0
 
 

@@ -363,6 +363,9 @@ def run(args: argparse.Namespace, ops: dict) -> tuple[list[dict], list[str]]:
                          "take most of each call, for tforge and its peers alike, so ratios there tend to 1 "
                          "(see benchmarks/results/README.md)")
 
+    # Each case's JSON lines are appended as soon as it is measured, so a run cut short
+    # (gpu_check.sh's timeouts) keeps everything measured before the cut.
+    out_dir = None if args.no_json else report.resolve_out_dir(args.out, RESULTS_DIR)
     records: list[dict] = []
     for op_name in args.ops:
         op = ops[op_name]
@@ -408,6 +411,7 @@ def run(args: argparse.Namespace, ops: dict) -> tuple[list[dict], list[str]]:
                                                       min_repeats=3 if args.quick else 5, max_seconds=max_seconds,
                                                       working_set_bytes=nbytes)
                     eager_s, comp_s = stats["eager"], stats.get("compile")
+                    case_records = []
                     for name, st in stats.items():
                         rec = report.make_record(
                             op=op.name, shape=(rows, hidden), dtype=dtype, direction=direction, backend=name,
@@ -421,7 +425,10 @@ def run(args: argparse.Namespace, ops: dict) -> tuple[list[dict], list[str]]:
                             kind="peer" if name in PEERS else "tforge", check=checks.get(name),
                             quick=bool(args.quick), malloc_reuse=malloc_reuse, threads=torch.get_num_threads(),
                             device=device.type, loadavg=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
-                        records.append(rec)
+                        case_records.append(rec)
+                    records += case_records
+                    if out_dir is not None:
+                        report.append_jsonl(report.jsonl_path(out_dir, op.name), case_records)
                     line = "  ".join(f"{n} {s.median_ms:.3f} ms" + ("" if n == "eager" else
                                                                     f" ({s.ratio_to(eager_s):.2f}x)")
                                      for n, s in stats.items())
@@ -480,13 +487,9 @@ def main(argv: Optional[Sequence[str]] = None, ops: Optional[dict] = None, prog:
         print("Notes:")
         for n in notes:
             print(f"  - {n}")
-    if not args.no_json and records:
+    if not args.no_json and records:  # written case by case in run()
         out_dir = report.resolve_out_dir(args.out, RESULTS_DIR)
-        written = []
-        for op_name in dict.fromkeys(r["op"] for r in records):
-            path = report.jsonl_path(out_dir, op_name)
-            report.append_jsonl(path, [r for r in records if r["op"] == op_name])
-            written.append(str(path))
+        written = [str(report.jsonl_path(out_dir, op_name)) for op_name in dict.fromkeys(r["op"] for r in records)]
         print(f"\nappended {len(records)} JSON lines to {', '.join(written)}")
     return 0
 

@@ -107,12 +107,16 @@ def run(args) -> list[dict]:
         stats = harness.bench_interleaved(cands, device=device, repeats=args.repeats, max_seconds=args.max_seconds,
                                           working_set_bytes=(m * k + n * k + m * n) * x.element_size())
         base = stats["F.linear (dense)"].median_ms
+        case_records = []
         for name, st in stats.items():
-            records.append(report.make_record(
+            case_records.append(report.make_record(
                 op="sparse24", shape=(m, n, k), dtype=dtype, direction="fwd", backend=name, median_ms=st.median_ms,
                 machine=minfo, versions=vers, flops=2.0 * m * n * k, ratio=base / st.median_ms, run_id=run_id,
                 device=device.type, check=checks[name], weight_bytes_dense=dense.numel() * dense.element_size(),
                 weight_bytes_packed=packed.nbytes))
+        records += case_records
+        if not args.no_json:  # appended per shape: a run cut short keeps what it measured
+            report.append_jsonl(report.jsonl_path(report.resolve_out_dir(args.out), "sparse24"), case_records)
     return records
 
 
@@ -156,7 +160,9 @@ def main(argv=None) -> int:
         if len(shape) != 3 or shape[2] % 4 != 0 or min(shape) < 1:
             p.error(f"--shapes: each entry is MxNxK with K a multiple of 4, got {'x'.join(map(str, shape))}")
     records = run(args)
-    report.emit(records, COLUMNS, goals(records), "sparse24", args.out, not args.no_json, separate_on=("shape",))
+    report.emit(records, COLUMNS, goals(records), "sparse24", args.out, False, separate_on=("shape",))  # JSON: in run()
+    if not args.no_json and records:
+        print(f"\n{len(records)} records appended to {report.jsonl_path(report.resolve_out_dir(args.out), 'sparse24')}")
     return 0
 
 

@@ -489,9 +489,14 @@ def main(argv=None) -> int:
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     records = []
     for T in args.seq_lens:
-        records += run_seq_len(args, T, data, device, minfo, vers, run_id)
+        seq_records = run_seq_len(args, T, data, device, minfo, vers, run_id)
+        records += seq_records
+        if not args.no_json:  # appended per sequence length: a run cut short keeps what it measured
+            report.append_jsonl(report.jsonl_path(report.resolve_out_dir(args.out), OP), seq_records)
     goal_list = goals(records, device.type)
-    report.emit(records, COLUMNS, goal_list, OP, args.out, not args.no_json, separate_on=("shape",))
+    report.emit(records, COLUMNS, goal_list, OP, args.out, False, separate_on=("shape",))  # JSON: in the loop above
+    if not args.no_json and records:
+        print(f"\n{len(records)} records appended to {report.jsonl_path(report.resolve_out_dir(args.out), OP)}")
     if args.md:
         Path(args.md).write_text(markdown(records, goal_list, args))
     return 0

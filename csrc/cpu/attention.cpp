@@ -176,10 +176,12 @@ void add_blocks(std::vector<Task>* tasks, int64_t kind, const std::vector<AttnSe
 struct KeyBand {
   int64_t sk, off, wl, hi;
   bool has_lo, has_hi;
-  KeyBand(const AttnParams& p, int64_t sq, int64_t sk_) : sk(sk_), off(sk_ - sq), wl(p.window_left) {
+  KeyBand(const AttnParams& p, int64_t sq, int64_t sk_)
+      : sk(sk_), off(sk_ - sq), wl(std::min<int64_t>(p.window_left, sq + sk_)) {  // clamped: no overflow
     has_lo = p.window_left >= 0;
     has_hi = p.causal || p.window_right >= 0;
-    hi = p.causal ? (p.window_right >= 0 ? std::min<int64_t>(0, p.window_right) : 0) : p.window_right;
+    const int64_t wr = std::min<int64_t>(p.window_right, sq + sk_);
+    hi = p.causal ? (wr >= 0 ? std::min<int64_t>(0, wr) : 0) : wr;
   }
   int64_t lo_of(int64_t i) const { return has_lo ? std::clamp<int64_t>(i + off - wl, 0, sk) : 0; }
   int64_t hi_of(int64_t i) const { return has_hi ? std::clamp<int64_t>(i + off + hi + 1, 0, sk) : sk; }

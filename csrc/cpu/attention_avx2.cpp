@@ -15,6 +15,10 @@ namespace tforge::cpu::avx2 {
 namespace {
 
 inline Vec vmax(Vec a, Vec b) { return {_mm256_max_ps(a.v, b.v)}; }
+inline Vec vround(Vec x) {
+  __asm__("" : "+x"(x.v));  // an empty asm the compiler cannot see through: no FMA contraction across it
+  return x;
+}
 
 inline Vec vninf0(Vec x) {
   const __m256 is_ninf = _mm256_cmp_ps(x.v, _mm256_set1_ps(-__builtin_inff()), _CMP_EQ_OQ);

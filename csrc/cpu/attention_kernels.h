@@ -3,6 +3,8 @@
 // fp32 vector), VecOne, and these ISA hooks:
 //   Vec vmax(Vec, Vec);
 //   Vec vninf0(Vec x);   // x, with -inf replaced by 0
+//   Vec vround(Vec x);   // x, forced through a register: a product passed through it is rounded on its own
+//                        // (never contracted into an FMA with what follows)
 //   Vec vexp2(Vec x);    // 2^x to ~1e-7 relative (as fp32 exp2f) for x <= ~0; exactly 0 for x < -126 and
 //                        // x = -inf; NaN stays NaN
 //   template <class TS, class TD, bool ACC> void transpose(const TS* src, int64_t lds, TD* dst, int64_t ldd,
@@ -147,10 +149,13 @@ struct Band {
   int64_t sq, sk, off, wl, hi;
   bool has_lo, has_hi;
   Band(const AttnParams& p, int64_t sq_, int64_t sk_) : sq(sq_), sk(sk_), off(sk_ - sq_) {
+    // Windows wider than sq + sk act as unbounded; clamping keeps i + off -/+ window from overflowing.
+    const int64_t wmax = sq_ + sk_;
     has_lo = p.window_left >= 0;
-    wl = has_lo ? p.window_left : 0;
+    wl = has_lo ? min64(p.window_left, wmax) : 0;
     has_hi = p.causal || p.window_right >= 0;
-    hi = p.causal ? (p.window_right >= 0 ? min64(0, p.window_right) : 0) : p.window_right;
+    const int64_t wr = min64(p.window_right, wmax);
+    hi = p.causal ? (wr >= 0 ? min64(0, wr) : 0) : wr;
   }
   bool any() const { return has_lo || has_hi; }
   // key range [key_lo(i0), key_hi(i1 - 1)) for queries [i0, i1); empty when lo >= hi
@@ -322,21 +327,29 @@ struct KV {
   Rows vrows(int64_t j0, int64_t nj) const { return rows(v, vp, vb, j0, nj); }
 };
 
+// Finite biases below -1e38 are raised to -1e38 before the log2(e) scaling (as the CUDA kernel does): a row
+// masked with torch.finfo(torch.float32).min would otherwise overflow to -inf and come out as zeros, where fp32
+// PyTorch gives a uniform softmax. -inf (a real mask) and NaN pass unchanged.
+inline float clamp_bias(float b) { return (b < -1e38f && b != kNegInf) ? -1e38f : b; }
+
 // bias[i0 + ii][j0 + jj] * log2(e) added to S^T [jj][ii] (ld kBQ); np padded columns get it too when it is
 // row-broadcast.
 inline void add_bias(const AttnParams& p, const float* bias, int64_t ni, int64_t np, int64_t nj, float* st) {
   const int64_t qs = p.bias_q_stride, ks = p.bias_k_stride;
   if (qs == 0) {
     for (int64_t jj = 0; jj < nj; ++jj) {
-      const Vec bv = Vec::set1(bias[jj * ks] * kLog2e);
+      const Vec bv = Vec::set1(clamp_bias(bias[jj * ks]) * kLog2e);
       float* row = st + jj * kBQ;
       for (int64_t c = 0; c < np; c += Vec::W) Vec::store(row + c, Vec::load(row + c) + bv);
     }
   } else if (ks == 1) {
-    transpose<float, float, true>(bias, qs, st, kBQ, ni, nj, kLog2e, nullptr);
+    alignas(64) float tmp[kBQ * kBK];  // the block's bias rows, clamped, then transposed in registers
+    for (int64_t ii = 0; ii < ni; ++ii)
+      for (int64_t jj = 0; jj < nj; ++jj) tmp[ii * kBK + jj] = clamp_bias(bias[ii * qs + jj]);
+    transpose<float, float, true>(tmp, kBK, st, kBQ, ni, nj, kLog2e, nullptr);
   } else {
     for (int64_t ii = 0; ii < ni; ++ii)
-      for (int64_t jj = 0; jj < nj; ++jj) st[jj * kBQ + ii] += bias[ii * qs + jj * ks] * kLog2e;
+      for (int64_t jj = 0; jj < nj; ++jj) st[jj * kBQ + ii] += clamp_bias(bias[ii * qs + jj * ks]) * kLog2e;
   }
 }
 
@@ -429,7 +442,9 @@ void fwd_qblock(const AttnFwdArgs& a, const AttnSeq& s, const Ctx& c, const KV<T
     // O^T = O^T * alpha + V^T P^T
     gemm<kScaleAdd, false>(D, np, nj, vf.p, vf.ld, w.st, kBQ, w.ot, kBQ, w.al);
   }
-  // out = O / l; lse = (m + log2(l)) ln 2; rows that saw no key: 0 and -inf.
+  // out = O / l; lse = m ln 2 + log2(l) ln 2; rows that saw no key: 0 and -inf. m ln 2 is rounded on its own
+  // so that the backward, which turns its scores into natural units the same way, gets S - lse = 0 exactly
+  // for a row's only visible key (probability exactly 1, as in PyTorch).
   for (int64_t ii = 0; ii < ni; ++ii) {
     const float m = w.m[ii], l = w.l[ii];
     if (m == kNegInf) {  // (finite m: l >= 1; NaN propagates)
@@ -437,7 +452,7 @@ void fwd_qblock(const AttnFwdArgs& a, const AttnSeq& s, const Ctx& c, const KV<T
       lse[ii] = kNegInf;
     } else {
       w.al[ii] = 1.f / l;
-      lse[ii] = (m + __builtin_log2f(l)) * kLn2;
+      lse[ii] = m * kLn2 + __builtin_log2f(l) * kLn2;
     }
   }
   transpose<float, T, false>(w.ot, kBQ, out, a.out.seq_stride, D, ni, 1.f, w.al);
@@ -480,9 +495,9 @@ void delta_t(const AttnBwdArgs& a, const AttnSeq& s, int64_t b, int64_t h, float
   }
 }
 
-// Query block [i0, i0 + ni) of q head h, packed for the backward: Q^T (scaled, log2 units), dO^T, and lse (log2
-// units) / delta lane vectors (lse -inf, a row that saw no key, becomes +inf so that P = 2^(S - lse) = 0). With `natural`, also Q and dO
-// as fp32 rows [ii][Dp] for dK / dV.
+// Query block [i0, i0 + ni) of q head h, packed for the backward: Q^T (scaled, log2 units), dO^T, and lse
+// (natural units) / delta lane vectors (lse -inf, a row that saw no key, becomes +inf so that P = 0). With
+// `natural`, also Q and dO as fp32 rows [ii][Dp] for dK / dV.
 template <class T>
 inline void pack_q_block(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, int64_t b, int64_t h,
                          int64_t i0, int64_t ni, int64_t np, bool natural, const Ws& w) {
@@ -499,7 +514,7 @@ inline void pack_q_block(const AttnBwdArgs& a, const AttnSeq& s, const float* de
   const float* dl = delta + s.lse_off + h * s.lse_head_stride + i0;
   for (int64_t ii = 0; ii < np; ++ii) {
     const float l = ii < ni ? lse[ii] : kNegInf;
-    w.lse[ii] = l == kNegInf ? kPosInf : l * kLog2e;
+    w.lse[ii] = l == kNegInf ? kPosInf : l;
     w.dd[ii] = ii < ni ? dl[ii] : 0.f;
   }
 }
@@ -509,12 +524,14 @@ inline void probs_and_dscores(const Ctx& c, int64_t i0, int64_t ni, int64_t np, 
                               Rows vf, const Ws& w) {
   scores(c, i0, ni, np, j0, nj, kf, w.qt, w.st);
   gemm<kSet, true>(nj, np, c.D, vf.p, vf.ld, w.dot, kBQ, w.dpt, kBQ);  // dP^T = V dO^T
+  const Vec ln2 = Vec::set1(kLn2), log2e = Vec::set1(kLog2e);
   for (int64_t cc = 0; cc < np; cc += Vec::W) {
     const Vec l = Vec::load(w.lse + cc), dd = Vec::load(w.dd + cc);
     for (int64_t jj = 0; jj < nj; ++jj) {
       float* sp = w.st + jj * kBQ + cc;
       float* dp = w.dpt + jj * kBQ + cc;
-      const Vec pr = vexp2(Vec::load(sp) - l);
+      // P = exp(S ln 2 - lse), S ln 2 rounded as the forward rounded m ln 2 (see fwd_qblock)
+      const Vec pr = vexp2((vround(Vec::load(sp) * ln2) - l) * log2e);
       Vec::store(sp, pr);
       Vec::store(dp, pr * (Vec::load(dp) - dd));
     }

@@ -13,6 +13,10 @@ using Vec = VecOne;
 namespace {
 
 inline Vec vmax(Vec a, Vec b) { return {a.v < b.v ? b.v : a.v}; }
+inline Vec vround(Vec x) {
+  __asm__("" : "+m"(x.v));  // through memory: rounded to float, no FMA contraction across it (any ISA)
+  return x;
+}
 inline Vec vninf0(Vec x) { return {x.v == -INFINITY ? 0.f : x.v}; }
 inline Vec vexp2(Vec x) { return {x.v < -126.f ? 0.f : std::exp2(x.v)}; }
 

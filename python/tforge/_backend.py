@@ -8,6 +8,7 @@ dtype; an explicitly requested backend that cannot serve the input raises.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 from typing import Callable
@@ -31,7 +32,20 @@ _DTYPES = {
     "torch": (torch.float32, torch.bfloat16, torch.float16, torch.float64),
 }
 
-_stack: list[str | None] = []  # use_backend() overrides, innermost last (None: automatic)
+# use_backend() overrides, innermost last (None: automatic). A ContextVar, not a global list: each thread
+# (and asyncio task) sees only its own blocks, so one thread's use_backend cannot reroute another's ops.
+_stack: contextvars.ContextVar[tuple] = contextvars.ContextVar("tforge_backend_stack", default=())
+
+
+@torch.compiler.assume_constant_result
+def _traced_stack() -> tuple:
+    # Dynamo cannot trace ContextVar.get: while tracing, the stack is read once and the backend it names is
+    # baked into the graph (as a backend= argument would be).
+    return _stack.get()
+
+
+def _current_stack() -> tuple:
+    return _traced_stack() if torch.compiler.is_compiling() else _stack.get()
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,7 +106,8 @@ def resolve(device: torch.device, dtype: torch.dtype, requested: str | None = No
     def reason_for(name):
         return why_unavailable(name, device, dtype) or (supports(name) if supports else None)
 
-    name = requested if requested is not None else (_stack[-1] if _stack else None)
+    stack = _current_stack()
+    name = requested if requested is not None else (stack[-1] if stack else None)
     if name is not None:
         reason = reason_for(name)
         if reason is not None:
@@ -106,14 +121,16 @@ def resolve(device: torch.device, dtype: torch.dtype, requested: str | None = No
 
 @contextlib.contextmanager
 def use_backend(name: str | None):
-    """Run tforge ops inside the block on backend `name` (None: automatic)."""
+    """Run tforge ops inside the block on backend `name` (None: automatic). The setting is local to the
+    thread (and asyncio task) that enters the block. A function compiled with torch.compile keeps the
+    backend that was in force when it was traced."""
     if name is not None and name not in BACKENDS:
         raise ValueError(f"use_backend: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    _stack.append(name)
+    token = _stack.set(_stack.get() + (name,))
     try:
         yield
     finally:
-        _stack.pop()
+        _stack.reset(token)
 
 
 def backends() -> dict:

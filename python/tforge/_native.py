@@ -78,19 +78,74 @@ def set_emulator(module) -> None:
     _EMULATOR = module
 
 
-def cpu_isa() -> str | None:
-    return _C.cpu_isa() if _C is not None else None
-
-
-def ptr(t: torch.Tensor | None) -> int:
-    """The address native code gets for t. Every tensor handed to a kernel goes through here, so
-    that under the emulator its storage is registered as memory the kernel may touch."""
-    if t is None:
-        return 0
+def _pointer(t: torch.Tensor) -> int:
+    """t's address; under the emulator its storage is also registered as memory the kernel may touch."""
     if _EMULATOR is not None:
         s = t.untyped_storage()
         _EMULATOR.register_buffer(s.data_ptr(), s.nbytes(), f"{tuple(t.shape)} {str(t.dtype)[6:]}")
     return t.data_ptr()
+
+
+def cpu_isa() -> str | None:
+    return _C.cpu_isa() if _C is not None else None
+
+
+class Strided:
+    """A tensor whose strides are passed to the native call beside it: its pointer goes as is."""
+    __slots__ = ("t",)
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+
+
+class Out:
+    """An output the kernel writes densely (no strides passed): it must be contiguous."""
+    __slots__ = ("t",)
+
+    def __init__(self, t: torch.Tensor | None):
+        self.t = t
+
+
+_SCALARS = (int, float, bool, str)
+
+
+def _arg(a, keep: list):
+    cls = type(a)
+    if cls in _SCALARS:  # sizes, strides, codes: most arguments, so checked first
+        return a
+    if cls is Strided:
+        return _pointer(a.t)
+    if cls is Out:
+        t = a.t
+        if t is None:
+            return 0
+        if not t.is_contiguous():  # a copy would take the results: a bug in tforge, not a user error
+            raise RuntimeError(f"tforge internal error: a {tuple(t.shape)} output passed to tforge._C "
+                               "without its strides must be contiguous")
+        return _pointer(t)
+    if a is None:
+        return 0
+    if isinstance(a, torch.Tensor):
+        # Read densely by the kernel: a view (slice, expand, transpose) is copied, or C++ would read the
+        # raw memory the view does not describe (e.g. a strided cu_seqlens, or past a stride-0 one).
+        if not a.is_contiguous():
+            a = a.contiguous()
+            keep.append(a)  # alive until the call returns
+        return _pointer(a)
+    if cls is tuple:
+        return tuple(_arg(x, keep) for x in a)
+    if cls is dict:
+        return {k: _arg(v, keep) for k, v in a.items()}
+    return a
+
+
+def call(fn, *args, **kwargs):
+    """fn(*args, **kwargs), a tforge._C entry, with every tensor (also inside tuples and dicts) turned into
+    its data pointer: the one place where tensors cross into the native layer. A plain tensor is read
+    densely, so it is made contiguous first; Strided(t) goes as is (its strides are among the arguments);
+    Out(t) is a dense output and must already be contiguous; None is a null pointer."""
+    keep: list = []
+    return fn(*(_arg(a, keep) for a in args), **{k: _arg(v, keep) for k, v in kwargs.items()})
 
 
 def dtype_code(t: torch.Tensor) -> int:
@@ -101,6 +156,11 @@ def as_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     """View ``t`` as (rows, n) with unit stride along n, copying only when the
     leading dimensions cannot be collapsed into one row stride (or the last
     dimension is strided). Slices of wider tensors stay zero-copy."""
+    if n == 0:  # view(-1, 0) is ambiguous: the row count comes from the leading dimensions
+        rows = 1
+        for s in t.shape[:-1]:
+            rows *= s
+        return t.new_empty((rows, 0))
     if t.stride(-1) != 1 and t.shape[-1] > 1:
         t = t.contiguous()
     try:

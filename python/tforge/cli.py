@@ -173,6 +173,9 @@ def _add_config_verb(sub, verb: str) -> None:
         p.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its latest checkpoint (with its config.toml "
                             "unless --config is given)")
+    if verb in _RESUMABLE + ("compress",):
+        p.add_argument("--overwrite", action="store_true",
+                       help="start over in --out: remove what an earlier run wrote there first")
     for flags, key, kwargs in _SHORTCUTS.get(verb, []):
         dest = ("shortcut:" + key) if key else flags[0].lstrip("-").replace("-", "_")
         p.add_argument(*flags, dest=dest, **kwargs)
@@ -270,12 +273,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         module = _command_module(args.command)
         if args.command in _RESUMABLE:
-            module.run(cfg, resume=args.resume)
+            module.run(cfg, resume=args.resume, overwrite=args.overwrite)
+        elif args.command == "compress":
+            module.run(cfg, overwrite=args.overwrite)
         elif args.command == "demo":
             module.run(cfg, quick=args.quick, tiny=args.tiny)
         else:
             module.run(cfg)
     finally:
+        from tforge.train.runfolder import unlock_run_dir
+        unlock_run_dir()  # run folders written by this command are free for the next one
         _remove_logging(state)
     return 0
 

@@ -11,8 +11,9 @@ original (accuracy / macro-F1 for classifiers, loss / perplexity for language
 models); model size is the bytes of parameters and buffers; speed is the
 median time of a forward pass per batch, timed interleaved with the float
 model so machine noise hits all alike. The variants are saved as run folders
-(<out>/int8, <out>/sparse24) that `tforge evaluate --run` reads, when the
-compressed format can be written and read back.
+(<out>/int8, <out>/sparse24, each with a sha256 manifest) that `tforge
+evaluate` and `tforge predict` read; each is read back and compared before the
+command succeeds.
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ import torch
 from tforge.commands import cls_data, lm_data
 from tforge.commands import config as cfglib
 from tforge.commands.runs import (CHECKPOINT_CHOICES, CONFIG_FILE, MODEL_DIR, SPEC_FILE, SUMMARY_FILE, WEIGHTS_FILE,
-                                  build_model, check_run_dir, fmt_seconds, load_run_model, model_bytes, new_run_dir,
-                                  run_config, save_config, save_tokenizer, say, to_device, write_json)
+                                  check_device, check_run_dir, fmt_seconds, load_run_model, model_bytes, model_device,
+                                  new_run_dir, run_config, save_config, save_tokenizer, say, to_device, write_json)
 
 TAG = "compress"
 FLOAT = "fp32"
@@ -136,33 +137,31 @@ def _forward_fn(model: torch.nn.Module, batches: list[dict]):
 
 
 def _save_variant(model: torch.nn.Module, name: str, kind: str, out_dir: Path, spec: dict, source: Path,
-                  tokenizer: Any, probe: dict, extra: dict) -> tuple[Path | None, str | None]:
-    """Write out_dir/<name>/ as a run folder; read it back and compare outputs.
-    Returns (folder, None) or (None, why it was not saved)."""
-    from tforge.compress import load_compressed, save_compressed
+                  tokenizer: Any, probe: dict, extra: dict) -> Path:
+    """Write out_dir/<name>/ as a run folder (weights + manifest), read it back the way `evaluate`
+    does and compare outputs; a variant that does not round-trip is an error, never skipped."""
+    from tforge.compress import save_compressed
+    from tforge.train.runfolder import write_export_manifest
     dest = out_dir / name
-    try:
-        (dest / MODEL_DIR).mkdir(parents=True, exist_ok=True)
-        weights = dest / MODEL_DIR / WEIGHTS_FILE
-        save_compressed(model, str(weights))
-        vspec = {**spec, "compressed": kind, "compression": extra, "source_run": str(source)}
-        write_json(dest / SPEC_FILE, vspec)
-        save_tokenizer(tokenizer, dest)
-        if (source / CONFIG_FILE).is_file():
-            shutil.copyfile(source / CONFIG_FILE, dest / CONFIG_FILE)
-        reloaded = load_compressed(build_model(spec), str(weights)).eval()
-        inputs = {k: v for k, v in probe.items() if k != "labels"}
-        with torch.no_grad():
-            a, b = model(**inputs).logits.float(), reloaded(**inputs).logits.float()
-        if not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max().clamp_min(1))):
-            raise ValueError("the reloaded model's outputs differ from the compressed model's")
-        return dest, None
-    except (ValueError, KeyError, RuntimeError, NotImplementedError) as e:
-        shutil.rmtree(dest, ignore_errors=True)
-        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    (dest / MODEL_DIR).mkdir(parents=True, exist_ok=True)
+    save_compressed(model, dest / MODEL_DIR / WEIGHTS_FILE)
+    write_export_manifest(dest / MODEL_DIR, [WEIGHTS_FILE])
+    vspec = {**spec, "compressed": kind, "compression": extra, "source_run": str(source)}
+    write_json(dest / SPEC_FILE, vspec)
+    save_tokenizer(tokenizer, dest)
+    if (source / CONFIG_FILE).is_file():
+        shutil.copyfile(source / CONFIG_FILE, dest / CONFIG_FILE)
+    reloaded = load_run_model(dest, device=model_device(model))[0]
+    inputs = {k: v for k, v in probe.items() if k != "labels"}
+    with torch.no_grad():
+        a, b = model(**inputs).logits.float(), reloaded(**inputs).logits.float()
+    if not torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max().clamp_min(1))):
+        raise ValueError(f"compress: the {name} variant read back from {dest} computes different outputs than "
+                         f"the model that was saved (max difference {float((a - b).abs().max()):.3g})")
+    return dest
 
 
-def run(cfg: cfglib.Config) -> dict[str, Any]:
+def run(cfg: cfglib.Config, overwrite: bool = False) -> dict[str, Any]:
     from tforge.bench.harness import bench_interleaved
     from tforge.compress import Int8Config, Sparse24Config, pack_, quantize_, recover, sparsify_
 
@@ -171,10 +170,11 @@ def run(cfg: cfglib.Config) -> dict[str, Any]:
         raise cfglib.ConfigError("nothing to do: pass --int8 and/or --sparse24 (compress.int8 / compress.sparse24)")
     t_start = time.perf_counter()
     src = check_run_dir(r["dir"])
+    check_device(r["device"], "run.device")
     model, tokenizer, spec, weights_source = load_run_model(src, r["checkpoint"], device=r["device"])
     if spec.get("compressed"):
         raise ValueError(f"{src} is already compressed ({spec['compressed']}); pass the original run folder")
-    out_dir = new_run_dir(TAG, r["out"])
+    out_dir = new_run_dir(TAG, r["out"], overwrite=overwrite)
     save_config(cfg, out_dir, HELP)
     say(TAG, f"{spec['architecture']} from {weights_source}; output {out_dir}")
     task = _Task(spec, run_config(src), tokenizer, cfg)
@@ -246,13 +246,9 @@ def run(cfg: cfglib.Config) -> dict[str, Any]:
         probe = speed[0]
         for name, kind in ((INT8, "int8"), (SPARSE, "sparse24")):
             if name in models:
-                folder, why = _save_variant(models[name], kind, kind, out_dir, spec, src, tokenizer, probe,
-                                            {k: v for k, v in variants[name].items() if not isinstance(v, dict)})
-                why = why if why is None or len(why) < 160 else why[:157] + "..."
-                saved[name] = str(folder) if folder else f"not saved ({why})"
-                variants[name]["saved"] = saved[name]
-                if folder is None:
-                    say(TAG, f"{name}: not saved ({why})")
+                folder = _save_variant(models[name], kind, kind, out_dir, spec, src, tokenizer, probe,
+                                       {k: v for k, v in variants[name].items() if not isinstance(v, dict)})
+                saved[name] = variants[name]["saved"] = str(folder)
 
     summary = {"verb": TAG, "run_dir": str(out_dir), "source_run": str(src), "weights": weights_source,
                "architecture": spec["architecture"], "task": "lm" if task.is_lm else "classification",

@@ -22,8 +22,9 @@ from typing import Any
 
 from tforge.commands import cls_data
 from tforge.commands import config as cfglib
-from tforge.commands.runs import (SPEC_FILE, SUMMARY_FILE, export_final, fmt_seconds, load_run_model, model_spec,
-                                  new_run_dir, read_json, save_config, save_tokenizer, say, write_json)
+from tforge.commands.runs import (SPEC_FILE, SUMMARY_FILE, check_device, check_same_model, export_final, fmt_seconds,
+                                  load_run_model, model_spec, new_run_dir, read_json, save_config, save_tokenizer, say,
+                                  write_json)
 
 TAG = "finetune"
 MODES = ("head", "full", "lora")
@@ -139,19 +140,21 @@ def train_config(cfg: cfglib.Config, out_dir: str, max_steps: int, eval_every: i
                        progress=t["progress"], strategy=t["strategy"], device=t["device"] or None)
 
 
-def run(cfg: cfglib.Config, resume: bool = False) -> dict[str, Any]:
+def run(cfg: cfglib.Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as `cfg` says; returns the summary (also written to summary.json)."""
     import torch
     from tforge.data import ClassificationBatches
-    from tforge.train import Trainer, prepare_finetune
+    from tforge.train import Trainer, prepare_finetune, seed_everything
     from tforge.train import distributed as tdist
 
     check(cfg)
+    check_device(cfg["train"]["device"])
     t_start = time.perf_counter()
     dist = tdist.init_from_env()
     rank, world = dist.rank, dist.world_size
-    run_dir = new_run_dir(TAG, cfg["run"]["out"], resume=resume)
-    save_config(cfg, run_dir, HELP)
+    run_dir = new_run_dir(TAG, cfg["run"]["out"], resume=resume, overwrite=overwrite)
+    if not resume:  # a resumed run's config.toml is replaced only once its model is known to fit
+        save_config(cfg, run_dir, HELP)
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     say(TAG, f"run folder {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
 
@@ -161,6 +164,7 @@ def run(cfg: cfglib.Config, resume: bool = False) -> dict[str, Any]:
              f"examples; labels {label_names} {train.label_counts()}"
              + (f"; bad rows skipped: {train.bad_rows}" if any(train.bad_rows.values()) else ""))
 
+    seed_everything(t["seed"])  # the new head's weights follow train.seed, not whatever ran before
     model, tokenizer, source = load_pretrained(m["pretrained"], len(label_names))
     say(TAG, f"model: {source}, mode {m['mode']}")
     lora = None
@@ -170,6 +174,9 @@ def run(cfg: cfglib.Config, resume: bool = False) -> dict[str, Any]:
                              lora_targets=tuple(m["lora_targets"]))
     spec = model_spec(model, task="classification", label_names=label_names, pretrained=source,
                       mode=m["mode"], lora=lora, max_len=d["max_len"])
+    if resume:
+        check_same_model(run_dir, spec)
+        save_config(cfg, run_dir, HELP)
     if tdist.is_main():
         save_tokenizer(tokenizer, run_dir)
         write_json(run_dir / SPEC_FILE, spec)

@@ -86,9 +86,15 @@ def prepare_tokenizer(data_cfg: dict, objective: str, corpus: Any, run_dir: Path
             # byte fallback spells rare characters as UTF-8 bytes instead of <unk>; its 256 byte pieces
             # only fit a vocabulary of some size
             byte_fallback = bool(data_cfg.get("byte_fallback", True)) and vocab >= BYTE_FALLBACK_MIN_VOCAB
-            SPTokenizer.train(files if files else corpus, vocab, model_type=kind, prefix=tmp_prefix,
-                              mlm=(objective == "mlm"), input_sentence_size=int(data_cfg["tokenizer_sentences"]),
-                              seed=0, hard_vocab_limit=False, byte_fallback=byte_fallback)
+            try:
+                SPTokenizer.train(files if files else corpus, vocab, model_type=kind, prefix=tmp_prefix,
+                                  mlm=(objective == "mlm"), input_sentence_size=int(data_cfg["tokenizer_sentences"]),
+                                  seed=0, hard_vocab_limit=False, byte_fallback=byte_fallback)
+            except ValueError as e:
+                if "empty" not in str(e):
+                    raise
+                raise ValueError(f"data.sources {list(data_cfg['sources'])} hold no text (empty or only "
+                                 f"whitespace): nothing to train a tokenizer on") from None
             vocab_file = dest / "tokenizer.vocab"
             if vocab_file.exists():
                 vocab_file.unlink()  # the .model file is all we need

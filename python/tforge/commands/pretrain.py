@@ -19,8 +19,8 @@ from typing import Any
 
 from tforge.commands import config as cfglib
 from tforge.commands import lm_data
-from tforge.commands.runs import (SPEC_FILE, SUMMARY_FILE, export_final, fmt_seconds, model_spec, new_run_dir,
-                                  save_config, say, write_json)
+from tforge.commands.runs import (SPEC_FILE, SUMMARY_FILE, check_device, check_same_model, export_final, fmt_seconds,
+                                  model_spec, new_run_dir, save_config, say, write_json)
 
 TAG = "pretrain"
 
@@ -99,18 +99,20 @@ def train_config(cfg: cfglib.Config, out_dir: str):
                        tensorboard=True)
 
 
-def run(cfg: cfglib.Config, resume: bool = False) -> dict[str, Any]:
+def run(cfg: cfglib.Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Pretrain as `cfg` says; returns the summary (also written to summary.json)."""
     import torch
-    from tforge.train import Trainer
+    from tforge.train import Trainer, seed_everything
     from tforge.train import distributed as tdist
 
     check(cfg)
+    check_device(cfg["train"]["device"])
     t_start = time.perf_counter()
     dist = tdist.init_from_env()
     rank, world = dist.rank, dist.world_size
-    run_dir = new_run_dir(TAG, cfg["run"]["out"], resume=resume)
-    save_config(cfg, run_dir, HELP)
+    run_dir = new_run_dir(TAG, cfg["run"]["out"], resume=resume, overwrite=overwrite)
+    if not resume:  # a resumed run's config.toml is replaced only once its model is known to fit
+        save_config(cfg, run_dir, HELP)
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     objective = m["objective"]
     say(TAG, f"run folder {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
@@ -126,8 +128,12 @@ def run(cfg: cfglib.Config, resume: bool = False) -> dict[str, Any]:
     train_data = lm_data.lm_dataset(train_tf, objective, tokenizer, m["seq_len"], t["batch_size"], seed=t["seed"],
                                     rank=rank, world_size=world, mlm_prob=d["mlm_prob"])
 
+    seed_everything(t["seed"])  # the initial weights follow train.seed, not whatever ran before
     model = lm_data.build_lm_model(m, tokenizer.vocab_size, tokenizer.pad_id)
     spec = model_spec(model, task="lm", objective=objective)
+    if resume:
+        check_same_model(run_dir, spec)
+        save_config(cfg, run_dir, HELP)
     if tdist.is_main():
         write_json(run_dir / SPEC_FILE, spec)
     n_params = sum(p.numel() for p in model.parameters())

@@ -35,6 +35,10 @@ TOKENIZER_DIR = "tokenizer"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_CHOICES = ("auto", "final", "best", "latest")
 _RUN_MARKERS = (SPEC_FILE, SUMMARY_FILE, "metrics.jsonl", "latest")  # files that say a run already wrote here
+# what --overwrite removes: only names a run writes, so files of the user's own in the folder survive
+_RUN_ENTRIES = (CONFIG_FILE, SPEC_FILE, SUMMARY_FILE, "metrics.jsonl", "latest", "best", MODEL_DIR, TOKENIZER_DIR,
+                "tensorboard", "int8", "sparse24")
+_RUN_GLOBS = ("step-*", ".tmp-*", "evaluate-*.json", ".latest.tmp-*")
 
 PathLike = Union[str, os.PathLike]
 
@@ -58,10 +62,16 @@ def fmt_seconds(s: float) -> str:
 
 # ---------------------------------------------------------------- folders and files
 
-def new_run_dir(verb: str, out: Optional[str] = None, *, resume: bool = False) -> Path:
+def new_run_dir(verb: str, out: Optional[str] = None, *, resume: bool = False, overwrite: bool = False) -> Path:
     """The run folder: `out` when given, else runs/<verb>-<YYYYmmdd-HHMMSS>
-    (made unique). Under torchrun every rank gets rank 0's choice."""
+    (made unique), locked for this process (tforge.train.runfolder). Under
+    torchrun every rank gets rank 0's choice and rank 0 holds the lock.
+    resume: the folder must hold a verifiable checkpoint. overwrite: what an
+    earlier run wrote there is removed first."""
     from tforge.train import distributed as tdist
+    from tforge.train.runfolder import lock_run_dir
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite starts it over: pass one of them")
     if out:
         path = Path(out)
     else:
@@ -77,15 +87,77 @@ def new_run_dir(verb: str, out: Optional[str] = None, *, resume: bool = False) -
         path = Path(tdist.all_gather_bytes(str(path).encode())[0].decode())
     if resume and not path.is_dir():
         raise FileNotFoundError(f"--resume: run folder {path} does not exist")
-    if not resume and path.is_dir():
+    error = None
+    if tdist.is_main():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            lock_run_dir(path, f"tforge {verb}")  # before looking inside: a live run may be writing there
+            if overwrite:
+                _clear_run(path)
+        except (ValueError, OSError) as e:
+            error = e
+    if tdist.is_distributed():  # the other ranks must stop too, not wait for rank 0 at a barrier
+        why = tdist.all_gather_bytes(("!" + str(error) if error else "-").encode())[0].decode()
+        if why.startswith("!") and error is None:
+            raise ValueError(why[1:])
+    if error is not None:
+        raise error
+    tdist.barrier()
+    if resume:
+        _check_resumable(path)
+    elif path.is_dir():
         found = [name for name in _RUN_MARKERS if (path / name).exists()]
         if found:
             raise ValueError(f"run folder {path} already holds a run ({', '.join(found)}); pass --resume to "
-                             f"continue it, or choose another --out")
-    if tdist.is_main():
-        path.mkdir(parents=True, exist_ok=True)
-    tdist.barrier()
+                             f"continue it, --overwrite to start it over, or choose another --out")
     return path
+
+
+def _check_resumable(path: Path) -> None:
+    """--resume needs a checkpoint to continue from; without one, training would start over on top of
+    the folder's files (its step-* folders, model/ and metrics.jsonl)."""
+    from tforge.train import find_checkpoint
+    ckpt = find_checkpoint(path)  # CheckpointError when the newest one cannot be verified
+    if ckpt is None:
+        present = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+        raise ValueError(f"--resume: run folder {path} holds no checkpoint to resume from "
+                         f"({'it holds ' + ', '.join(present[:6]) if present else 'it is empty'}); start over "
+                         f"with --overwrite, or choose a new --out")
+
+
+def _clear_run(path: Path) -> None:
+    removed = []
+    entries = [path / name for name in _RUN_ENTRIES] + [p for g in _RUN_GLOBS for p in path.glob(g)]
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+        else:
+            continue
+        removed.append(entry.name)
+    if removed:
+        say("run", f"--overwrite: removed {', '.join(sorted(removed))} from {path}")
+
+
+def check_device(device: Optional[str], what: str = "train.device") -> Optional[str]:
+    """`device` ("" / None = automatic) when this machine has it, else a one-line ValueError."""
+    if not device:
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{what} = {device!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type != "cuda":
+        raise ValueError(f"{what} = {device!r}: tforge runs on cpu or cuda, not {dev.type}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{what} = {device!r}, but no CUDA GPU is available here (torch {torch.__version__}, "
+                         f"cuda {torch.version.cuda or 'not compiled in'}); use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{what} = {device!r}, but this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 def write_json(path: PathLike, obj: Any) -> None:
@@ -190,6 +262,21 @@ def model_spec(model: nn.Module, **extra: Any) -> dict[str, Any]:
     return spec
 
 
+def check_same_model(run_dir: Path, spec: dict[str, Any]) -> None:
+    """--resume: the model now configured must be the one the run's checkpoints hold."""
+    path = run_dir / SPEC_FILE
+    if not path.is_file():
+        return
+    old = read_json(path)
+    changed = [f"{k} {old['config'].get(k)!r} -> {v!r}" for k, v in spec["config"].items()
+               if isinstance(old.get("config"), dict) and old["config"].get(k) != v and "dropout" not in k]
+    if old.get("architecture") != spec["architecture"]:
+        changed.insert(0, f"architecture {old.get('architecture')!r} -> {spec['architecture']!r}")
+    if changed:
+        raise ValueError(f"--resume: the model differs from the one in {run_dir} ({'; '.join(changed[:4])}); resume "
+                         f"with the run's model settings, or start over with --overwrite or a new --out")
+
+
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """A freshly initialised model of the architecture `spec` describes."""
     from tforge.models import BertConfig, BertForMaskedLM, BertForSequenceClassification, GPT, GPTConfig
@@ -210,7 +297,7 @@ def export_final(model: nn.Module, run_dir: Path, spec: dict[str, Any]) -> Path:
     from tforge.train import export_model
     extra = {k: v for k, v in spec.items() if k not in ("config", "lora")}
     extra["tokenizer"] = f"../{TOKENIZER_DIR}"
-    return export_model(model, run_dir / MODEL_DIR, config=spec["config"], extra=extra)
+    return export_model(model, run_dir / MODEL_DIR, config=spec["config"], extra=extra)  # writes its manifest
 
 
 def _weights_source(run_dir: Path, checkpoint: str) -> tuple[str, Path]:
@@ -250,9 +337,11 @@ def _weights_source(run_dir: Path, checkpoint: str) -> tuple[str, Path]:
 def load_weights(model: nn.Module, spec: dict[str, Any], kind: str, path: Path) -> nn.Module:
     """Load final weights or a checkpoint's into `model` (LoRA checkpoints are
     loaded into adapters that are then merged)."""
-    from tforge.train import load_state_dict, read_checkpoint
+    from tforge.train import read_checkpoint
+    from tforge.train.checkpoint import safetensors_to_state_dict
+    from tforge.train.runfolder import read_verified_export
     if kind == "final":
-        state = load_state_dict(path)
+        state = safetensors_to_state_dict(read_verified_export(path.parent, path.name), str(path))
     else:
         state = read_checkpoint(path).model_state
         lora = spec.get("lora")
@@ -269,6 +358,12 @@ def load_weights(model: nn.Module, spec: dict[str, Any], kind: str, path: Path) 
 
 
 def _load_strict(model: nn.Module, state: dict, where: Path) -> None:
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:  # load_state_dict would raise a multi-line RuntimeError
+        raise ValueError(f"weights in {where} do not fit the model of {SPEC_FILE}: {len(wrong)} tensor(s) differ "
+                         f"in shape, e.g. {'; '.join(wrong[:2])}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("inv_freq")]
     if missing or unexpected:
@@ -280,6 +375,8 @@ def load_run_model(run: PathLike, checkpoint: str = "auto", device: Union[str, t
                    ) -> tuple[nn.Module, Any, dict[str, Any], str]:
     """(model in eval mode, tokenizer, spec, where the weights came from) of a run folder."""
     run_dir = check_run_dir(run)
+    if isinstance(device, str):
+        check_device(device, "run.device")
     spec = read_json(run_dir / SPEC_FILE)
     tokenizer = load_run_tokenizer(run_dir)
     model = build_model(spec)
@@ -288,8 +385,9 @@ def load_run_model(run: PathLike, checkpoint: str = "auto", device: Union[str, t
         weights = run_dir / MODEL_DIR / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"compressed run {run_dir} has no {MODEL_DIR}/{WEIGHTS_FILE}")
-        from tforge.compress import load_compressed
-        load_compressed(model, str(weights))
+        from tforge.compress.serialization import load_compressed_bytes
+        from tforge.train.runfolder import read_verified_export
+        load_compressed_bytes(model, read_verified_export(weights.parent, WEIGHTS_FILE), str(weights))
         source = f"{weights} ({compressed})"
     else:
         kind, path = _weights_source(run_dir, checkpoint)
@@ -331,4 +429,5 @@ def isatty() -> bool:
 
 __all__ = ["say", "fmt_seconds", "new_run_dir", "write_json", "read_json", "save_config", "check_run_dir",
            "run_config", "save_tokenizer", "load_run_tokenizer", "model_spec", "build_model", "export_final",
-           "load_weights", "load_run_model", "model_device", "to_device", "model_bytes", "CHECKPOINT_CHOICES"]
+           "load_weights", "load_run_model", "check_device", "check_same_model", "model_device", "to_device",
+           "model_bytes", "CHECKPOINT_CHOICES"]

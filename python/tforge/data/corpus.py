@@ -20,6 +20,7 @@ import csv
 import glob
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,9 @@ PathLike = Union[str, os.PathLike]
 FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".ndjson": "json",
            ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+log = logging.getLogger("tforge.data")
 _SPEC_ATTR = "_tforge_corpus_spec"
+_BAD_ATTR = "_tforge_bad_rows"  # rows dropped while loading (jsonl lines that are not JSON), merged by tokenize
 
 
 def _offline() -> None:
@@ -189,6 +192,52 @@ def _check_text_field(src: SourceSpec, text_field: str) -> None:
 
 # ----------------------------------------------------------------- loading
 
+def _jsonl_without_bad_lines(src: SourceSpec, cache_dir: Path) -> tuple[list[str], int]:
+    """The source's jsonl files with the lines that are not JSON objects dropped (copies in the cache,
+    keyed by path, size and mtime; files without such lines are used as they are) and their count."""
+    import hashlib
+    out, dropped = [], 0
+    for path in src.files:
+        with open(path, "rb") as f:
+            if f.read(1) == b"[":  # one JSON array, not JSON lines: `datasets` reports its errors
+                out.append(path)
+                continue
+        st = os.stat(path)
+        key = hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        clean = cache_dir / "jsonl-clean" / f"{key}-{os.path.basename(path)}"
+        count_file = clean.with_name(clean.name + ".dropped")
+        if clean.is_file() and count_file.is_file():
+            out.append(str(clean))
+            dropped += int(count_file.read_text() or 0)
+            continue
+        good, bad_here = [], 0
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.strip():
+                    continue
+                try:
+                    ok = isinstance(json.loads(raw), dict)
+                except (ValueError, UnicodeDecodeError):
+                    ok = False
+                if ok:
+                    good.append(raw if raw.endswith(b"\n") else raw + b"\n")
+                else:
+                    bad_here += 1
+        if not bad_here:
+            out.append(path)
+            continue
+        clean.parent.mkdir(parents=True, exist_ok=True)
+        tmp = clean.with_name(f".{clean.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(b"".join(good))
+        os.replace(tmp, clean)
+        count_file.write_text(str(bad_here))
+        log.warning("load_corpus: %s: %d line(s) are not JSON objects; skipped (counted as invalid_json)", path,
+                    bad_here)
+        out.append(str(clean))
+        dropped += bad_here
+    return out, dropped
+
+
 def _load_one(src: SourceSpec, text_field: str, line_docs: bool, streaming: bool, cache_dir: Path):
     _offline()
     import datasets
@@ -199,7 +248,12 @@ def _load_one(src: SourceSpec, text_field: str, line_docs: bool, streaming: bool
         kwargs = dict(sample_by="line" if line_docs else "document", encoding_errors="replace")
     else:
         _check_text_field(src, text_field)
-    ds = datasets.load_dataset(src.fmt, data_files=list(src.files), split="train", streaming=streaming,
+    files, bad_json = list(src.files), 0
+    if src.fmt == "json" and not src.compressed:
+        # one bad line would fail the whole `datasets` build (a DatasetGenerationError traceback): drop and
+        # count such lines as the classification loader does
+        files, bad_json = _jsonl_without_bad_lines(src, cache_dir)
+    ds = datasets.load_dataset(src.fmt, data_files=files, split="train", streaming=streaming,
                                cache_dir=str(cache_dir), **kwargs)
     if src.fmt != "text":
         cols = ds.column_names
@@ -213,6 +267,8 @@ def _load_one(src: SourceSpec, text_field: str, line_docs: bool, streaming: bool
     # (streaming text/json sources may not know their features yet: their text is a string anyway)
     if feat is not None and str(getattr(feat.get("text"), "dtype", "")) != "string":
         ds = ds.cast_column("text", datasets.Value("string"))
+    if bad_json:
+        setattr(ds, _BAD_ATTR, {"invalid_json": bad_json})
     return ds
 
 
@@ -250,6 +306,7 @@ def load_corpus(sources: PathLike | Sequence[PathLike], weights: Sequence[float]
 
     specs: list[SourceSpec] = []
     per_source = []
+    bad: dict[str, int] = {}
     for s in sources:
         files = resolve_files(s)
         groups: dict[tuple[str, bool], list[str]] = {}
@@ -260,6 +317,8 @@ def load_corpus(sources: PathLike | Sequence[PathLike], weights: Sequence[float]
             spec = SourceSpec(pattern=os.fspath(s), files=fs, fmt=fmt, compressed=comp)
             specs.append(spec)
             parts.append(_load_one(spec, text_field, line_docs, streaming, ds_cache))
+            for k, v in getattr(parts[-1], _BAD_ATTR, {}).items():
+                bad[k] = bad.get(k, 0) + v
         per_source.append(parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts))
 
     if len(per_source) == 1:
@@ -273,4 +332,6 @@ def load_corpus(sources: PathLike | Sequence[PathLike], weights: Sequence[float]
     spec = CorpusSpec(sources=specs, weights=weights, seed=seed, text_field=text_field, line_docs=line_docs,
                       streaming=streaming, stopping_strategy=stopping_strategy)
     setattr(ds, _SPEC_ATTR, spec)
+    if bad:
+        setattr(ds, _BAD_ATTR, bad)
     return ds

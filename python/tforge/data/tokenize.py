@@ -467,6 +467,8 @@ def tokenize_to_shards(corpus: Any, tokenizer: Any, cache_dir: Union[str, os.Pat
         if (final / "meta.json").is_file():
             try:
                 tf = TokenFile(final)
+                if tf.num_tokens and int(tf.tokens.max()) >= vocab_size:  # ids the embedding cannot look up
+                    raise ValueError(f"token id {int(tf.tokens.max())} >= vocab size {vocab_size}")
                 tf.from_cache = True
                 log.info("tokenize_to_shards: reusing %s (%d tokens, %d documents)", final, tf.num_tokens,
                          tf.num_docs)
@@ -509,7 +511,7 @@ def tokenize_to_shards(corpus: Any, tokenizer: Any, cache_dir: Union[str, os.Pat
         for e in ends:
             os.remove(e)
         seconds = time.perf_counter() - t0
-        bad: dict[str, int] = {}
+        bad: dict[str, int] = dict(getattr(corpus, "_tforge_bad_rows", {}))  # rows load_corpus dropped
         for r in results:
             for k, v in r["bad"].items():
                 bad[k] = bad.get(k, 0) + v

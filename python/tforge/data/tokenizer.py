@@ -98,7 +98,11 @@ class SPTokenizer:
         else:
             self.path = None
         self._proto = bytes(model_proto)
-        self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        except RuntimeError as e:  # sentencepiece's "INTERNAL: ... ParseFromArray" for a damaged or foreign file
+            raise ValueError(f"{self.path or 'model_proto'} is not a valid sentencepiece model "
+                             f"({str(e).splitlines()[0][:120]})") from None
         self.fingerprint = _sha256_bytes(self._proto)
         self.vocab_size = int(self.sp.get_piece_size())
 
@@ -205,6 +209,8 @@ class SPTokenizer:
             if "Vocabulary size" in msg or "vocab_size" in msg:
                 raise ValueError(f"SPTokenizer.train: vocab_size={vocab_size} does not fit this text ({msg}); "
                                  "lower it or pass hard_vocab_limit=False") from e
+            if "all_chars_count" in msg or "sentences_.empty" in msg:  # nothing but whitespace to learn from
+                raise ValueError("SPTokenizer.train: the training text is empty or only whitespace") from None
             raise
         if writer is not None:
             return cls(model_proto=writer.getvalue())

@@ -274,9 +274,10 @@ def _attention_bwd_into(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     varlen = cu is not None
     desc = _attn_ops._desc
     params, _ = _attn_ops._params(q, k, None, cu, cu, max_seqlen, max_seqlen, scale, causal, (-1, -1))
-    _native.require().attention_bwd_cpu(
+    _native.call(
+        _native.require().attention_bwd_cpu,
         q=desc(q, varlen), k=desc(k, varlen), v=desc(v, varlen), out=desc(out, varlen), dout=desc(dout, varlen),
-        lse=lse.data_ptr(), dq=desc(dq, varlen), dk=desc(dk, varlen), dv=desc(dv, varlen), params=params,
+        lse=lse, dq=desc(dq, varlen), dk=desc(dk, varlen), dv=desc(dv, varlen), params=params,
         deterministic=False, threads=torch.get_num_threads())
 
 

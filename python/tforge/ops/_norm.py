@@ -12,8 +12,6 @@ leading dimensions cannot be collapsed into one row stride.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from tforge import _backend, _native
@@ -23,6 +21,26 @@ Tensor = torch.Tensor
 
 def _name(t: Tensor | None) -> str:
     return "None" if t is None else f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')} on {t.device}"
+
+
+_FP32_TINY = 2.0 ** -149  # the smallest positive float32: the kernels compute in fp32, so eps must survive it
+_FP32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_eps(op: str, eps) -> None:
+    """The one rule for eps, shared with the native layer (which re-checks it as an fp32): a real number that
+    stays positive and finite in float32. A symbolic eps (torch.compile(dynamic=True)) is checked when the op
+    runs."""
+    if isinstance(eps, torch.SymFloat):
+        return
+    if isinstance(eps, bool) or not isinstance(eps, (float, int)) or not (_FP32_TINY <= eps <= _FP32_MAX):
+        raise ValueError(f"{op}: eps must be a positive finite number representable in float32 "
+                         f"({_FP32_TINY:.3g} to {_FP32_MAX:.3g}), got {eps!r}")
+
+
+def check_residual(op: str, residual) -> None:
+    if not isinstance(residual, torch.Tensor):
+        raise ValueError(f"{op}: residual must be a tensor shaped like x, got {type(residual).__name__}")
 
 
 def check_args(op: str, x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None,
@@ -38,9 +56,9 @@ def check_args(op: str, x: Tensor, residual: Tensor | None, weight: Tensor | Non
     n = x.shape[-1]
     if n < 1:
         raise ValueError(f"{op}: the normalised (last) dimension of x must be >= 1, got shape {tuple(x.shape)}")
-    if not isinstance(eps, (float, int)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"{op}: eps must be a positive finite number, got {eps!r}")
+    check_eps(op, eps)
     if residual is not None:
+        check_residual(op, residual)
         if residual.shape != x.shape:
             raise ValueError(f"{op}: residual must have the shape of x {tuple(x.shape)}, got {_name(residual)}")
         if residual.dtype != x.dtype or residual.device != x.device:
@@ -48,6 +66,8 @@ def check_args(op: str, x: Tensor, residual: Tensor | None, weight: Tensor | Non
     for pname, p in (("weight", weight), ("bias", bias)):
         if p is None:
             continue
+        if not isinstance(p, torch.Tensor):
+            raise ValueError(f"{op}: {pname} must be a tensor of shape ({n},) or None, got {type(p).__name__}")
         if p.shape != (n,):
             raise ValueError(f"{op}: {pname} must have shape ({n},) to match the last dimension of x, got {_name(p)}")
         if p.device != x.device:
@@ -66,9 +86,15 @@ def check_backend(op: str, x: Tensor, backend: str) -> None:
 # ---------------------------------------------------------------- forward
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 accumulation, fp64 for fp64 inputs (never computed below the input's precision)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _fwd_torch(x2, r2, w, b, eps, rms):
-    s = x2 if r2 is None else (x2.float() + r2.float()).to(x2.dtype)
-    sf = s.float()
+    acc = acc_dtype(x2.dtype)
+    s = x2 if r2 is None else (x2.to(acc) + r2.to(acc)).to(x2.dtype)
+    sf = s.to(acc)
     if rms:
         mean = None
         rstd = torch.rsqrt(sf.square().mean(-1) + eps)
@@ -77,9 +103,9 @@ def _fwd_torch(x2, r2, w, b, eps, rms):
         mean = sf.mean(-1)
         rstd = torch.rsqrt((sf - mean[:, None]).square().mean(-1) + eps)
         xhat = (sf - mean[:, None]) * rstd[:, None]
-    y = xhat * w.float() if w is not None else xhat
+    y = xhat * w.to(acc) if w is not None else xhat
     if b is not None:
-        y = y + b.float()
+        y = y + b.to(acc)
     return y.to(x2.dtype), (s.contiguous() if r2 is not None else None), mean, rstd
 
 
@@ -91,15 +117,16 @@ def _fwd_native(x2, r2, w, b, eps, rms, device_kind):
     mean = None if rms else torch.empty(m, dtype=torch.float32, device=x2.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x2.device)
     name = "rms_norm" if rms else "layer_norm"
-    kwargs = dict(x=_native.ptr(x2), x_stride=_native.row_stride(x2), residual=_native.ptr(r2),
-                  residual_stride=_native.row_stride(r2) if r2 is not None else 0, weight=_native.ptr(w),
-                  bias=_native.ptr(b), y=_native.ptr(y), residual_out=_native.ptr(res_out), mean=_native.ptr(mean),
-                  rstd=_native.ptr(rstd), rows=m, cols=n, eps=float(eps), dtype=_native.dtype_code(x2))
+    kwargs = dict(x=_native.Strided(x2), x_stride=_native.row_stride(x2),
+                  residual=_native.Strided(r2) if r2 is not None else None,
+                  residual_stride=_native.row_stride(r2) if r2 is not None else 0, weight=w, bias=b,
+                  y=_native.Out(y), residual_out=_native.Out(res_out), mean=_native.Out(mean),
+                  rstd=_native.Out(rstd), rows=m, cols=n, eps=float(eps), dtype=_native.dtype_code(x2))
     if device_kind == "cpu":
-        getattr(C, f"{name}_fwd_cpu")(**kwargs, threads=torch.get_num_threads())
+        _native.call(getattr(C, f"{name}_fwd_cpu"), **kwargs, threads=torch.get_num_threads())
     else:
         device, stream = _native.cuda_stream(x2)
-        getattr(C, f"{name}_fwd_cuda")(**kwargs, device=device, stream=stream)
+        _native.call(getattr(C, f"{name}_fwd_cuda"), **kwargs, device=device, stream=stream)
     return y, res_out, mean, rstd
 
 
@@ -127,10 +154,11 @@ def norm_forward(x: Tensor, residual: Tensor | None, weight: Tensor | None, bias
 
 
 def _bwd_torch(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db):
-    xf = x2.float()
+    acc = acc_dtype(x2.dtype)
+    xf = x2.to(acc)
     xhat = (xf if rms else xf - mean[:, None]) * rstd[:, None]
-    dyf = dy2.float()
-    g = dyf * w.float() if w is not None else dyf
+    dyf = dy2.to(acc)
+    g = dyf * w.to(acc) if w is not None else dyf
     n = x2.shape[1]
     c1 = (g * xhat).sum(-1, keepdim=True) / n
     dx = g - xhat * c1
@@ -138,7 +166,7 @@ def _bwd_torch(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db):
         dx = dx - g.sum(-1, keepdim=True) / n
     dx = dx * rstd[:, None]
     if dr2 is not None:
-        dx = dx + dr2.float()
+        dx = dx + dr2.to(acc)
     dw = (dyf * xhat).sum(0).to(x2.dtype) if need_dw else None
     db = dyf.sum(0).to(x2.dtype) if need_db else None
     return dx.to(x2.dtype), dw, db
@@ -151,21 +179,21 @@ def _bwd_native(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db, device_kind)
     dw = torch.empty(n, dtype=x2.dtype, device=x2.device) if need_dw else None
     db = torch.empty(n, dtype=x2.dtype, device=x2.device) if need_db else None
     name = "rms_norm" if rms else "layer_norm"
-    kwargs = dict(dy=_native.ptr(dy2), dy_stride=_native.row_stride(dy2), dresidual_out=_native.ptr(dr2),
-                  dres_stride=_native.row_stride(dr2) if dr2 is not None else 0, x=_native.ptr(x2),
-                  x_stride=_native.row_stride(x2), weight=_native.ptr(w), mean=_native.ptr(mean),
-                  rstd=_native.ptr(rstd), dx=_native.ptr(dx), dweight=_native.ptr(dw), dbias=_native.ptr(db),
-                  rows=m, cols=n, dtype=_native.dtype_code(x2))
+    kwargs = dict(dy=_native.Strided(dy2), dy_stride=_native.row_stride(dy2),
+                  dresidual_out=_native.Strided(dr2) if dr2 is not None else None,
+                  dres_stride=_native.row_stride(dr2) if dr2 is not None else 0, x=_native.Strided(x2),
+                  x_stride=_native.row_stride(x2), weight=w, mean=mean, rstd=rstd, dx=_native.Out(dx),
+                  dweight=_native.Out(dw), dbias=_native.Out(db), rows=m, cols=n, dtype=_native.dtype_code(x2))
     if device_kind == "cpu":
-        getattr(C, f"{name}_bwd_cpu")(**kwargs, threads=torch.get_num_threads())
+        _native.call(getattr(C, f"{name}_bwd_cpu"), **kwargs, threads=torch.get_num_threads())
     else:
         device, stream = _native.cuda_stream(x2)
         ws_floats = getattr(C, f"{name}_bwd_cuda_workspace")(rows=m, cols=n, has_dweight=dw is not None,
                                                              has_dbias=db is not None, dtype=kwargs["dtype"],
                                                              device=device)
         ws = torch.empty(max(ws_floats, 1), dtype=torch.float32, device=x2.device)
-        getattr(C, f"{name}_bwd_cuda")(**kwargs, workspace=_native.ptr(ws), workspace_floats=ws_floats,
-                                       device=device, stream=stream)
+        _native.call(getattr(C, f"{name}_bwd_cuda"), **kwargs, workspace=_native.Out(ws), workspace_floats=ws_floats,
+                     device=device, stream=stream)
     return dx, dw, db
 
 
@@ -203,10 +231,11 @@ def _or_empty(t: Tensor | None, like: Tensor) -> Tensor:
 
 
 def stats_like(x: Tensor, rms: bool) -> tuple[Tensor, Tensor]:
-    """Fake (mean, rstd) for meta/fake tensors: fp32, one per row."""
+    """Fake (mean, rstd) for meta/fake tensors: one per row, fp32 (fp64 for fp64 x)."""
     rows = x.shape[:-1]
-    mean = x.new_empty(_EMPTY_SHAPE if rms else rows, dtype=torch.float32)
-    return mean, x.new_empty(rows, dtype=torch.float32)
+    acc = acc_dtype(x.dtype)
+    mean = x.new_empty(_EMPTY_SHAPE if rms else rows, dtype=acc)
+    return mean, x.new_empty(rows, dtype=acc)
 
 
 def define_backward_op(family: str, rms: bool):
@@ -264,5 +293,6 @@ def register_norm_autograd(fwd_op, bwd_op, *, fused: bool, rms: bool) -> None:
 def prepare_params(x: Tensor, *params: Tensor | None):
     """Cast weight/bias to x's dtype (differentiably), e.g. fp32 parameters with
     bf16 activations under autocast; the kernels take one dtype."""
-    return tuple(p.to(x.dtype) if p is not None and p.dtype != x.dtype and x.is_floating_point() else p
+    cast = isinstance(x, torch.Tensor) and x.is_floating_point()  # anything else: check_args says what is wrong
+    return tuple(p.to(x.dtype) if cast and isinstance(p, torch.Tensor) and p.dtype != x.dtype else p
                  for p in params)

@@ -78,6 +78,8 @@ def _check_int8(op: str, name: str, t: Tensor, dims: int = 2) -> None:
 def _check_gemm(op: str, a: Tensor, b: Tensor) -> None:
     _check_int8(op, "a", a)
     _check_int8(op, "b", b)
+    if a.shape[1] == 0:  # as quantize_per_token: an empty reduction is no quantised product
+        raise ValueError(f"{op}: K (the last dimension) must be >= 1, got a of shape {tuple(a.shape)}")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"{op}: K mismatch: a is {tuple(a.shape)} (M, K) but b is {tuple(b.shape)} (N, K)")
     if a.device != b.device:
@@ -95,29 +97,29 @@ def _rows(t: Tensor) -> Tensor:
 def _gemm_native(kind, a, b, out, c_i32, a_scale, b_scale, bias):
     C = _native.require()
     m, k = a.shape
-    kwargs = dict(a=_native.ptr(a), a_stride=a.stride(0) if m > 0 else k, b=_native.ptr(b),
+    kwargs = dict(a=_native.Strided(a), a_stride=a.stride(0) if m > 0 else k, b=_native.Strided(b),
                   b_stride=b.stride(0) if b.shape[0] > 0 else k, M=m, N=b.shape[0], K=k,
-                  c_i32=_native.ptr(c_i32), c=_native.ptr(out),
+                  c_i32=_native.Out(c_i32), c=_native.Out(out),
                   out_dtype=_native.DTYPE_CODES[out.dtype] if out is not None else 0,
-                  a_scale=_native.ptr(a_scale), b_scale=_native.ptr(b_scale), bias=_native.ptr(bias))
+                  a_scale=a_scale, b_scale=b_scale, bias=bias)
     if kind == "cpu":
-        C.int8_gemm_cpu(**kwargs, threads=torch.get_num_threads())
+        _native.call(C.int8_gemm_cpu, **kwargs, threads=torch.get_num_threads())
     else:
         device, stream = _native.cuda_stream(a)
-        C.int8_gemm_cuda(**kwargs, device=device, stream=stream)
+        _native.call(C.int8_gemm_cuda, **kwargs, device=device, stream=stream)
 
 
 def _quantize_native(kind, x2, col_scale=None):
     C = _native.require()
     q = torch.empty(x2.shape, dtype=torch.int8, device=x2.device)
     scale = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
-    kwargs = dict(x=_native.ptr(x2), x_stride=_native.row_stride(x2), rows=x2.shape[0], cols=x2.shape[1],
-                  dtype=_native.dtype_code(x2), q=_native.ptr(q), scale=_native.ptr(scale))
+    kwargs = dict(x=_native.Strided(x2), x_stride=_native.row_stride(x2), rows=x2.shape[0], cols=x2.shape[1],
+                  dtype=_native.dtype_code(x2), q=_native.Out(q), scale=_native.Out(scale))
     if kind == "cpu":
-        C.quantize_rows_cpu(**kwargs, threads=torch.get_num_threads(), col_scale=_native.ptr(col_scale))
+        _native.call(C.quantize_rows_cpu, **kwargs, threads=torch.get_num_threads(), col_scale=col_scale)
     else:
         device, stream = _native.cuda_stream(x2)
-        C.quantize_rows_cuda(**kwargs, device=device, stream=stream)
+        _native.call(C.quantize_rows_cuda, **kwargs, device=device, stream=stream)
     return q, scale
 
 
@@ -206,6 +208,9 @@ def quantize_per_token(x: Tensor, *, col_scale: Optional[Tensor] = None,
         raise ValueError(f"quantize_per_token: x must be float32/bfloat16/float16, got {getattr(x, 'dtype', x)}")
     if x.dim() == 0 or x.shape[-1] == 0:
         raise ValueError(f"quantize_per_token: x needs a non-empty last dimension, got shape {tuple(x.shape)}")
+    if col_scale is not None and (not isinstance(col_scale, torch.Tensor) or not col_scale.is_floating_point()):
+        raise ValueError(f"quantize_per_token: col_scale must be a floating-point tensor of shape ({x.shape[-1]},), "
+                         f"got {getattr(col_scale, 'dtype', type(col_scale).__name__)}")
     if col_scale is not None and (tuple(col_scale.shape) != (x.shape[-1],) or col_scale.device != x.device):
         raise ValueError(f"quantize_per_token: col_scale must have shape ({x.shape[-1]},) on {x.device}, got "
                          f"{tuple(col_scale.shape)} on {col_scale.device}")
@@ -235,6 +240,8 @@ def int8_linear(x_int8: Tensor, x_scale: Optional[Tensor], w_int8: Tensor, w_sca
     op = "int8_linear"
     if not isinstance(x_int8, torch.Tensor) or x_int8.dtype != torch.int8 or x_int8.dim() < 1:
         raise ValueError(f"{op}: x_int8 must be an int8 tensor (..., K), got {getattr(x_int8, 'dtype', x_int8)}")
+    if x_int8.shape[-1] == 0:  # (before reshape(-1, 0), which is ambiguous)
+        raise ValueError(f"{op}: K (the last dimension of x_int8) must be >= 1, got shape {tuple(x_int8.shape)}")
     _check_gemm(op, x_int8.reshape(-1, x_int8.shape[-1]), w_int8)
     n = w_int8.shape[0]
     if x_scale is not None and tuple(x_scale.shape) != tuple(x_int8.shape[:-1]):

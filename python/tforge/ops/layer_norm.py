@@ -18,14 +18,15 @@ from tforge.ops import _dispatch, _norm
 def layer_norm_ref(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                    eps: float = 1e-5) -> Tensor:
     """Reference LayerNorm: fp32 math, result in x.dtype."""
-    xf = x.float()
+    acc = torch.promote_types(x.dtype, torch.float32)  # fp32 math; fp64 inputs stay fp64
+    xf = x.to(acc)
     mean = xf.mean(-1, keepdim=True)
     var = (xf - mean).square().mean(-1, keepdim=True)
     y = (xf - mean) * torch.rsqrt(var + eps)
     if weight is not None:
-        y = y * weight.float()
+        y = y * weight.to(acc)
     if bias is not None:
-        y = y + bias.float()
+        y = y + bias.to(acc)
     return y.to(x.dtype)
 
 
@@ -33,7 +34,8 @@ def add_layer_norm_ref(x: Tensor, residual: Tensor, weight: Optional[Tensor] = N
                        bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tuple[Tensor, Tensor]:
     """Reference fused add + LayerNorm: (layer_norm(x + residual), x + residual),
     the sum rounded to x.dtype before it is normalised."""
-    s = (x.float() + residual.float()).to(x.dtype)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    s = (x.to(acc) + residual.to(acc)).to(x.dtype)
     return layer_norm_ref(s, weight, bias, eps), s
 
 
@@ -96,6 +98,7 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None,
     memory. The sum is rounded to x.dtype and that rounded sum is normalised.
     Gradients flow to x, residual, weight and bias.
     """
+    _norm.check_residual("add_layer_norm", residual)  # (x, None) would silently drop the add
     weight, bias = _norm.prepare_params(x, weight, bias)
     _norm.check_args("add_layer_norm", x, residual, weight, bias, eps)
     name = _backend.resolve(x.device, x.dtype, backend)

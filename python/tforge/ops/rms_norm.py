@@ -15,10 +15,11 @@ from tforge.ops import _dispatch, _norm
 
 def rms_norm_ref(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-6) -> Tensor:
     """Reference RMSNorm: ``x / sqrt(mean(x^2) + eps) * weight`` in fp32, result in x.dtype."""
-    xf = x.float()
+    acc = torch.promote_types(x.dtype, torch.float32)  # fp32 math; fp64 inputs stay fp64
+    xf = x.to(acc)
     y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
     if weight is not None:
-        y = y * weight.float()
+        y = y * weight.to(acc)
     return y.to(x.dtype)
 
 
@@ -26,7 +27,8 @@ def add_rms_norm_ref(x: Tensor, residual: Tensor, weight: Optional[Tensor] = Non
                      eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
     """Reference fused add + RMSNorm: (rms_norm(x + residual), x + residual),
     the sum rounded to x.dtype before it is normalised."""
-    s = (x.float() + residual.float()).to(x.dtype)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    s = (x.to(acc) + residual.to(acc)).to(x.dtype)
     return rms_norm_ref(s, weight, eps), s
 
 
@@ -81,6 +83,7 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None, e
                  backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """Fused residual add + RMSNorm: returns ``(rms_norm(x + residual), x + residual)``.
     Gradients flow to x, residual and weight."""
+    _norm.check_residual("add_rms_norm", residual)  # (x, None) would silently drop the add
     (weight,) = _norm.prepare_params(x, weight)
     _norm.check_args("add_rms_norm", x, residual, weight, None, eps)
     name = _backend.resolve(x.device, x.dtype, backend)

@@ -101,6 +101,8 @@ def _check_packed(op: str, packed) -> Tuple[int, int]:
     if meta.device != v.device:
         raise ValueError(f"{op}: packed.meta is on {meta.device} but packed.values is on {v.device}")
     if scale is not None:
+        if v.dtype != torch.int8:  # every backend: a scale belongs to int8 values only (pack_2to4's rule)
+            raise ValueError(f"{op}: packed.scale is only for int8 values, got {v.dtype} values with a scale")
         if not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32 or tuple(scale.shape) != (n,):
             raise ValueError(f"{op}: packed.scale must be None or a float32 tensor of shape ({n},), got "
                              f"{getattr(scale, 'dtype', type(scale).__name__)} {tuple(getattr(scale, 'shape', ()))}")
@@ -156,7 +158,7 @@ def nm_mask_ref(scores: Tensor, n: int = 2, m: int = 4) -> Tensor:
     """Sort-based reference: in every group of m consecutive entries of the last dim keep the n largest;
     equal scores keep the lower index (a stable descending sort keeps their order)."""
     k = scores.shape[-1]
-    groups = scores.reshape(-1, k // m, m)
+    groups = scores.reshape(*scores.shape[:-1], k // m, m)  # (not -1: ambiguous when K = 0)
     order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
     mask = torch.zeros(groups.shape, dtype=torch.bool, device=scores.device)
     mask.scatter_(-1, order[..., :n], True)
@@ -297,8 +299,7 @@ def _mask_reason(name: str) -> Optional[str]:
 
 
 def _resolve_linear(x: Tensor, values_dtype: torch.dtype, backend: Optional[str]) -> str:
-    return _backend.resolve(x.device, x.dtype, backend,
-                            supports=lambda name: _linear_reason(name, x.device, values_dtype))
+    return _backend.resolve(x.device, x.dtype, backend, supports=lambda n: _linear_reason(n, x.device, values_dtype))
 
 
 def _values_code(values: Tensor) -> int:
@@ -311,18 +312,18 @@ def _values_code(values: Tensor) -> int:
 def _nm_mask_op(scores: Tensor, n: int, m: int, backend: str) -> Tensor:
     k = scores.shape[-1]
     s2 = _native.as_rows(scores, k)
+    mask = torch.empty(s2.shape, dtype=torch.bool, device=scores.device)
+    if s2.numel() == 0:  # no rows, or K = 0: nothing to choose
+        return mask.reshape(scores.shape)
     if backend == "torch":
         return nm_mask_ref(s2, n, m).reshape(scores.shape)
-    mask = torch.empty(s2.shape, dtype=torch.bool, device=scores.device)
-    if s2.shape[0] == 0:
-        return mask.reshape(scores.shape)
     if backend in ("cpu", "cuda"):
         C = _native.require()
-        args = (_native.ptr(s2), _native.row_stride(s2), s2.shape[0], k, _native.dtype_code(s2), n, m, _native.ptr(mask))
+        args = (_native.Strided(s2), _native.row_stride(s2), *s2.shape, _native.dtype_code(s2), n, m, _native.Out(mask))
         if backend == "cpu":
-            C.nm_mask_cpu(*args, torch.get_num_threads())
+            _native.call(C.nm_mask_cpu, *args, torch.get_num_threads())
         else:
-            C.nm_mask_cuda(*args, *_native.cuda_stream(s2))
+            _native.call(C.nm_mask_cuda, *args, *_native.cuda_stream(s2))
     elif backend == "triton":
         from tforge.triton import sparse24 as tsp
         tsp.nm_mask(s2, n, m, mask)
@@ -341,16 +342,15 @@ def _linear_native(kind: str, x2: Tensor, values: Tensor, meta: Tensor, scale: O
     C = _native.require()
     m, k = x2.shape
     n = values.shape[0]
-    args = (_native.ptr(x2), _native.row_stride(x2), _native.ptr(values), _native.ptr(meta), m, n, k,
-            _native.dtype_code(x2), _values_code(values), _native.ptr(y), y.stride(0) if m > 0 else n,
-            _native.ptr(bias32), _native.ptr(scale))
+    args = (_native.Strided(x2), _native.row_stride(x2), values, meta, m, n, k, _native.dtype_code(x2),
+            _values_code(values), _native.Strided(y), y.stride(0) if m > 0 else n, bias32, scale)
     if kind == "cpu":
-        C.sparse24_linear_cpu(*args, torch.get_num_threads())
+        _native.call(C.sparse24_linear_cpu, *args, torch.get_num_threads())
     else:
         device, stream = _native.cuda_stream(x2)
-        n_ws = C.sparse24_linear_cuda_workspace(*args, device)  # split-K partials, from torch's allocator
-        ws = torch.empty(max(n_ws, 1), dtype=torch.uint8, device=x2.device)
-        C.sparse24_linear_cuda(*args, _native.ptr(ws), n_ws, device, stream)
+        n_ws = _native.call(C.sparse24_linear_cuda_workspace, *args, device)  # split-K partials
+        ws = torch.empty(max(n_ws, 1), dtype=torch.uint8, device=x2.device)   # from torch's allocator
+        _native.call(C.sparse24_linear_cuda, *args, _native.Out(ws), n_ws, device, stream)
 
 
 @_dispatch.custom_op("tforge::sparse24_linear")

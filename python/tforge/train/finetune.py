@@ -96,9 +96,14 @@ def export_model(model: nn.Module, path: Union[str, Path], config: Optional[dict
                  extra: Optional[dict[str, Any]] = None) -> Path:
     """Write path/model.safetensors (LoRA merged into plain Linear layers, on
     a copy: the model passed in keeps its adapters) and path/config.json
-    (config, else model.config.to_dict() when the model has one, plus extra)."""
+    (config, else model.config.to_dict() when the model has one, plus extra), then
+    path/manifest.json with their sha256 (checked when tforge loads the export)."""
+    from tforge.train.checkpoint import MANIFEST
+    from tforge.train.runfolder import write_export_manifest
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    # the old manifest goes first: a crash while rewriting leaves no manifest (refused on load), never a stale one
+    (path / MANIFEST).unlink(missing_ok=True)
     model = unwrap_model(model)
     if has_lora(model):
         from tforge.models.lora import merge_lora
@@ -111,6 +116,7 @@ def export_model(model: nn.Module, path: Union[str, Path], config: Optional[dict
         config = model_config.to_dict() if hasattr(model_config, "to_dict") else {}
     body = {**config, **({"tforge": extra} if extra else {})}
     write_text_atomic(path / "config.json", json.dumps(body, indent=2, default=str) + "\n")
+    write_export_manifest(path, ["model.safetensors", "config.json"])
     return path
 
 

@@ -152,7 +152,8 @@ class Trainer:
         """Train to config.max_steps (or stop earlier at `until_step`, keeping
         the schedule of max_steps: a run can be split into pieces). resume=True
         continues from the latest checkpoint in out_dir when there is one (a
-        fresh start otherwise); a path resumes from that checkpoint or root and
+        fresh start when out_dir holds no run; CheckpointError when it holds a
+        run without a verifiable checkpoint); a path resumes from that checkpoint or root and
         must exist. Returns the history: one dict per step."""
         cfg = self.config
         stop_at = cfg.max_steps if until_step is None else min(cfg.max_steps, until_step)
@@ -408,7 +409,13 @@ class Trainer:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
             set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
         else:
-            self.model.load_state_dict(state)
+            try:
+                self.model.load_state_dict(state)
+            except RuntimeError as e:  # size mismatch: torch's message spans many lines
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                why = "; ".join(lines[1:3]) or lines[0]
+                raise CheckpointError(f"checkpoint weights do not fit the model ({why}); was the model "
+                                      f"configuration changed since the checkpoint was written?") from None
 
     def _resume_or_seed(self, resume: Union[bool, str, Path]) -> None:
         if resume is False or resume is None:
@@ -419,6 +426,11 @@ class Trainer:
         if ckpt is None:
             if resume is not True:
                 raise CheckpointError(f"resume: no checkpoint found at {source}")
+            written = [p.name for p in (source.iterdir() if source.is_dir() else [])
+                       if p.name in ("metrics.jsonl", "latest", "model") or p.name.startswith("step-")]
+            if written:  # starting fresh would overwrite that run's step-*, model/ and metrics.jsonl
+                raise CheckpointError(f"resume: {source} holds a run ({', '.join(sorted(written)[:4])}) but no "
+                                      f"checkpoint to resume from; start over in an empty folder")
             if self.is_main:
                 log.info("resume: no checkpoint in %s, starting fresh", source)
             seed_everything(self.config.seed + self.rank)

@@ -8,23 +8,37 @@ strides, and rows with no allowed key give out = 0, lse = -inf and zero gradient
 Forward: one program per (query block, batch, q head) keeps an online softmax over the key blocks
 that intersect its causal / window band (scores prescaled by log2(e) so exp2 does the work), fp32
 accumulation, and writes out and the fp32 lse. Backward: a preprocess kernel computes
-delta = rowsum(dO * O); a dk/dv kernel per (key block, batch, kv head) walks the q heads of its group
-and their query blocks (so dk/dv are summed over the group without atomics: deterministic); a dq
-kernel per (query block, batch, q head) walks the key blocks. P and dS are rounded to the input dtype
+delta = rowsum(dO * O); a stats kernel turns lse into the per-row (m2, ll2) that p = exp2((s - m2) - ll2)
+uses (see below); a dq kernel per (query block, batch, q head) walks the key blocks; a dk/dv kernel
+per (key block, batch, kv head) walks the q heads of its group and their query blocks (so dk/dv are
+summed over the group without atomics: deterministic). P and dS are rounded to the input dtype
 before their matmuls, as FlashAttention does.
 
-Under TRITON_INTERPRET=1 (the CPU test path) every tl.dot runs on fp32 operands: the interpreter
-multiplies bf16 bit patterns as integers, and fp16 matmuls are slow in numpy; values are exact in fp32,
-so only the accumulation order differs from the compiled code. bf16 rounding is done on the bits there
-(see norm._to_out). Launchers trust the caller (the ops layer validates) and only assert layout.
-"""
+Bias values below -1e38 (finite ones such as torch.finfo(torch.float32).min) are clamped to -1e38
+before the log2(e) prescale, as the CUDA kernel does: otherwise bias * log2(e) overflows to -inf and a
+row masked only by such values becomes an empty row (zeros) instead of the uniform softmax that plain
+fp32 PyTorch gives. In rows masked only by huge finite biases lse has lost the precision that
+exp2(s - lse * log2(e)) needs; the stats kernel recomputes their max and sum and keeps them apart for
+the backward (see _attention_bwd_stats_kernel), and every backward probability is capped at 1 (as CUDA's
+prob_bwd), so a rounding error never overflows exp2 to inf (then NaN in dS).
 
-import os
+Varlen: tokens after cu_seqlens_q[-1] (or cu_seqlens_k[-1]) belong to no sequence; they are left
+zero-filled (out 0, lse -inf, dq / dk / dv 0). The ops layer and the CPU / CUDA kernels reject such
+cu_seqlens; these launchers trust their caller, so they give defined values instead.
+
+Under TRITON_INTERPRET=1 (the CPU test path) the launchers pick the GPU's tile sizes, warps and stages;
+the interpreter only gets two workarounds (docs/triton-interpreter.md): bf16 tl.dot operands are
+converted to fp32 first (the interpreter multiplies bf16 bit patterns as integers; the products are
+exact in fp32, so only the accumulation order differs from the compiled code), and bf16 rounding is
+done on the bits (see norm._to_out). Launchers trust the caller (the ops layer validates) and only
+assert layout.
+"""
 
 import torch
 import triton
 import triton.language as tl
 
+from ._common import interpreting
 from .norm import _to_out
 
 _LOG2E = 1.4426950408889634
@@ -39,6 +53,37 @@ def _dot(a, b, F32: tl.constexpr):
     else:
         r = tl.dot(a, b)
     return r
+
+
+@triton.jit
+def _bias_log2(bias):
+    """bias * log2(e), finite values below -1e38 clamped to -1e38 first (-inf stays -inf): a row masked
+    only by finfo(float32).min keeps its uniform softmax instead of overflowing to an empty row."""
+    bias = tl.where((bias < -1e38) & (bias != float("-inf")), -1e38, bias)
+    return bias * 1.4426950408889634
+
+
+@triton.jit
+def _prob_bwd(s, m2, ll2):
+    """exp2((s - m2) - ll2) with m2 + ll2 the row's lse in log2 units (ll2 = 0 except in rows whose
+    max and sum the stats kernel recomputed), at most 1 as in exact arithmetic; NaN propagates."""
+    d = (s - m2) - ll2
+    return tl.exp2(tl.where(d > 0.0, 0.0, d))
+
+
+@triton.jit
+def _score_tile(q, k, bias_ptr, offs_m, offs_n, stride_bm, stride_bn, rows, cols, sq, sk, offset, window_left,
+                window_right, qk_scale, IS_CAUSAL: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
+                HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr):
+    """Logits in log2 units of queries rows x keys cols (-inf where not allowed), as the forward has them;
+    bias_ptr points at the tile's (0, 0) bias."""
+    s = _dot(q, tl.trans(k), DOT_F32) * qk_scale
+    ok = _allowed(rows[:, None], cols[None, :], sq, sk, offset, window_left, window_right, IS_CAUSAL, HAS_WL,
+                  HAS_WR)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_m[:, None] * stride_bm + offs_n[None, :] * stride_bn, mask=ok, other=0.0)
+        s += _bias_log2(bias)
+    return tl.where(ok, s, float("-inf"))
 
 
 @triton.jit
@@ -180,7 +225,7 @@ def _attention_fwd_kernel(
         if HAS_BIAS:
             bias = tl.load(bias_base + n64 * stride_bn + offs_m[:, None] * stride_bm + offs_n[None, :] * stride_bn,
                            mask=ok, other=0.0)
-            s += bias * 1.4426950408889634
+            s += _bias_log2(bias)
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # Rows with nothing allowed yet keep m = -inf; subtract 0 there so exp2 gives 0, not NaN.
@@ -248,7 +293,8 @@ def _attention_bwd_dkdv_kernel(
     Q, K, V,  # as in the forward
     BIAS,  # fp32 (B, Hq, Sq, Sk) by strides (HAS_BIAS)
     DOUT,  # like Q, any strides (unit on D)
-    LSE,  # fp32, forward's layout
+    M2,  # fp32, the forward's LSE layout: per row m2 (log2 units), from the stats kernel
+    LL2,  # fp32, LSE's layout: per row ll2; lse * log2(e) = m2 + ll2 (see _attention_bwd_stats_kernel)
     DELTA,  # fp32, LSE's layout
     DK, DV,  # like K, contiguous strides passed below, k.dtype
     CU_Q, CU_K,
@@ -308,7 +354,8 @@ def _attention_bwd_dkdv_kernel(
         h64 = hk64 * group + g
         q_base = Q + b64 * stride_qb + h64 * stride_qh + q_row0 * stride_qm
         do_base = DOUT + b64 * stride_dob + h64 * stride_doh + q_row0 * stride_dom
-        l_base = LSE + b64 * stride_lb + h64 * stride_lh + q_row0
+        l_base = M2 + b64 * stride_lb + h64 * stride_lh + q_row0
+        ll_base = LL2 + b64 * stride_lb + h64 * stride_lh + q_row0
         d_base = DELTA + b64 * stride_lb + h64 * stride_lh + q_row0
         bias_base = BIAS + b64 * stride_bb + h64 * stride_bh + n0.to(tl.int64) * stride_bn
         for start_m in range(lo, hi, BLOCK_M):
@@ -320,10 +367,10 @@ def _attention_bwd_dkdv_kernel(
                         other=0.0)
             do = tl.load(do_base + m64 * stride_dom + offs_m[:, None] * stride_dom + offs_d[None, :], mask=qd_mask,
                          other=0.0)
-            lse = tl.load(l_base + rows, mask=row_mask, other=0.0)
+            # p = exp2((s - m2) - ll2): the stats kernel's per-row values (rows past sq are masked anyway).
+            m2 = tl.load(l_base + rows, mask=row_mask, other=0.0)
+            ll2 = tl.load(ll_base + rows, mask=row_mask, other=0.0)
             delta = tl.load(d_base + rows, mask=row_mask, other=0.0)
-            # Rows with no allowed key (lse = -inf): subtract +inf so every p is 0, not NaN.
-            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
             # Transposed tiles (keys x queries), so dk / dv accumulate without transposing them.
             s_t = _dot(k, tl.trans(q), DOT_F32) * qk_scale
             ok_t = _allowed(rows[None, :], cols[:, None], sq, sk, offset, window_left, window_right, IS_CAUSAL,
@@ -331,9 +378,9 @@ def _attention_bwd_dkdv_kernel(
             if HAS_BIAS:
                 bias_t = tl.load(bias_base + m64 * stride_bm + offs_n[:, None] * stride_bn
                                  + offs_m[None, :] * stride_bm, mask=ok_t, other=0.0)
-                s_t += bias_t * 1.4426950408889634
+                s_t += _bias_log2(bias_t)
             s_t = tl.where(ok_t, s_t, float("-inf"))
-            p_t = tl.exp2(s_t - lse2[None, :])
+            p_t = _prob_bwd(s_t, m2[None, :], ll2[None, :])
             dv += _dot(_to_out(p_t, Q.dtype.element_ty, SOFT_BF16), do, DOT_F32)
             dp_t = _dot(v, tl.trans(do), DOT_F32)
             ds_t = p_t * (dp_t - delta[None, :])
@@ -347,8 +394,93 @@ def _attention_bwd_dkdv_kernel(
 
 
 @triton.jit
+def _attention_bwd_stats_kernel(
+    Q, K,  # as in the forward
+    BIAS,  # fp32 (B, Hq, Sq, Sk) by strides (HAS_BIAS)
+    LSE,  # fp32, forward's layout
+    M2, LL2,  # fp32, LSE's layout: written here (see below)
+    CU_Q, CU_K,
+    stride_qb, stride_qm, stride_qh,
+    stride_kb, stride_kn, stride_kh,
+    stride_bb, stride_bh, stride_bm, stride_bn,
+    stride_lb, stride_lh,
+    seqlen_q, seqlen_k,
+    head_dim,
+    group,
+    qk_scale,
+    window_left, window_right,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+    HAS_WL: tl.constexpr,
+    HAS_WR: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
+    """Per query row the (m2, ll2) of the backward's p = exp2((s - m2) - ll2).
+
+    Usually m2 = lse * log2(e) and ll2 = 0 (rows with no allowed key, lse = -inf: m2 = +inf, so every p
+    is 0, not NaN). Rows masked only by huge finite biases (finfo.min, -1e9, -1e4) have |lse| so large
+    that its rounding error (ulp >= 2^-13 past |lse| = 1024) swamps s - lse; for them the row max m2 and
+    ll2 = log2(sum exp2(s - m2)) are recomputed from the logits and kept apart, so the backward sees the
+    softmax the forward computed. A separate kernel, so the dq and dk/dv kernels keep their registers:
+    blocks without such rows only convert lse."""
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    q_start, sq, k_start, sk = _seq_bounds(CU_Q, CU_K, b, seqlen_q, seqlen_k, IS_VARLEN)
+    m0 = pid_m * BLOCK_M
+    if m0 >= sq:
+        return
+    offset = sk - sq
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    q_row0 = q_start.to(tl.int64) + m0
+    offs_m = tl.arange(0, BLOCK_M)
+    rows = m0 + offs_m
+    row_mask = rows < sq
+    l_off = b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m
+    lse = tl.load(LSE + l_off, mask=row_mask, other=0.0)
+    m2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    ll2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    huge = row_mask & (tl.abs(lse) > 1024.0) & (tl.abs(lse) < float("inf"))
+    if tl.max(huge.to(tl.int32), 0) > 0:
+        hk64 = (h // group).to(tl.int64)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < head_dim
+        q = tl.load(Q + b64 * stride_qb + h64 * stride_qh + q_row0 * stride_qm + offs_m[:, None] * stride_qm
+                    + offs_d[None, :], mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+        k_base = K + b64 * stride_kb + hk64 * stride_kh + k_start.to(tl.int64) * stride_kn
+        bias_base = BIAS + b64 * stride_bb + h64 * stride_bh + m0.to(tl.int64) * stride_bm
+        m_r = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_r = tl.zeros([BLOCK_M], dtype=tl.float32)
+        lo, hi = _key_range(m0, sk, offset, window_left, window_right, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WL, HAS_WR)
+        for start_n in range(lo, hi, BLOCK_N):
+            cols = start_n + offs_n
+            n64 = tl.cast(start_n, tl.int64)
+            k = tl.load(k_base + n64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :],
+                        mask=(cols < sk)[:, None] & d_mask[None, :], other=0.0)
+            s = _score_tile(q, k, bias_base + n64 * stride_bn, offs_m, offs_n, stride_bm, stride_bn, rows, cols,
+                            sq, sk, offset, window_left, window_right, qk_scale, IS_CAUSAL, HAS_WL, HAS_WR,
+                            HAS_BIAS, DOT_F32)
+            m_new = tl.maximum(m_r, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            l_r = l_r * tl.exp2(m_r - m_use) + tl.sum(tl.exp2(s - m_use[:, None]), 1)
+            m_r = m_new
+        m2 = tl.where(huge, m_r, m2)
+        ll2 = tl.where(huge, tl.log2(tl.where(huge, l_r, 1.0)), ll2)
+    tl.store(M2 + l_off, m2, mask=row_mask)
+    tl.store(LL2 + l_off, ll2, mask=row_mask)
+
+
+@triton.jit
 def _attention_bwd_dq_kernel(
-    Q, K, V, BIAS, DOUT, LSE, DELTA,
+    Q, K, V, BIAS, DOUT,
+    M2, LL2,  # fp32, LSE's layout: the stats kernel's (m2, ll2)
+    DELTA,
     DQ,  # like Q, q.dtype
     CU_Q, CU_K,
     stride_qb, stride_qm, stride_qh,
@@ -400,30 +532,23 @@ def _attention_bwd_dq_kernel(
                 + offs_d[None, :], mask=qd_mask, other=0.0)
     do = tl.load(DOUT + b64 * stride_dob + h64 * stride_doh + q_row0 * stride_dom + offs_m[:, None] * stride_dom
                  + offs_d[None, :], mask=qd_mask, other=0.0)
-    lse = tl.load(LSE + b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m, mask=row_mask, other=0.0)
+    m2 = tl.load(M2 + b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m, mask=row_mask, other=0.0)
+    ll2 = tl.load(LL2 + b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m, mask=row_mask, other=0.0)
     delta = tl.load(DELTA + b64 * stride_lb + h64 * stride_lh + q_row0 + offs_m, mask=row_mask, other=0.0)
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     k_base = K + b64 * stride_kb + hk64 * stride_kh + k_row0 * stride_kn
     v_base = V + b64 * stride_vb + hk64 * stride_vh + k_row0 * stride_vn
     bias_base = BIAS + b64 * stride_bb + h64 * stride_bh + m0.to(tl.int64) * stride_bm
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-
     lo, hi = _key_range(m0, sk, offset, window_left, window_right, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WL, HAS_WR)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         kv_mask = (cols < sk)[:, None] & d_mask[None, :]
         n64 = tl.cast(start_n, tl.int64)
         k = tl.load(k_base + n64 * stride_kn + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + n64 * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = _dot(q, tl.trans(k), DOT_F32) * qk_scale
-        ok = _allowed(rows[:, None], cols[None, :], sq, sk, offset, window_left, window_right, IS_CAUSAL, HAS_WL,
-                      HAS_WR)
-        if HAS_BIAS:
-            bias = tl.load(bias_base + n64 * stride_bn + offs_m[:, None] * stride_bm + offs_n[None, :] * stride_bn,
-                           mask=ok, other=0.0)
-            s += bias * 1.4426950408889634
-        s = tl.where(ok, s, float("-inf"))
-        p = tl.exp2(s - lse2[:, None])
+        s = _score_tile(q, k, bias_base + n64 * stride_bn, offs_m, offs_n, stride_bm, stride_bn, rows, cols, sq, sk, offset,
+                        window_left, window_right, qk_scale, IS_CAUSAL, HAS_WL, HAS_WR, HAS_BIAS, DOT_F32)
+        p = _prob_bwd(s, m2[:, None], ll2[:, None])
         dp = _dot(do, tl.trans(v), DOT_F32)
         ds = p * (dp - delta[:, None])
         dq += _dot(_to_out(ds, Q.dtype.element_ty, SOFT_BF16), k, DOT_F32)
@@ -436,23 +561,18 @@ def _attention_bwd_dq_kernel(
 # ---------------------------------------------------------------- launchers
 
 
-def _interpreting(x):
-    return os.environ.get("TRITON_INTERPRET", "0") == "1" or not x.is_cuda
-
-
 def _block_d(d):
     return max(16, triton.next_power_of_2(d))
 
 
-def _fwd_config(d, interp, fp32=False):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward, also the dq kernel's.
+def _fwd_config(d, fp32=False):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the forward, also the dq kernel's; the same under the
+    interpreter (the tests run these tiles).
 
     Chosen so that sm_90 builds (triton 3.8, head_dim and strides multiples of 16) spill nothing or a
     few bytes in every variant, bias included (unaligned head dims such as 59 load element-wise and
     spill more); fp32 takes the IEEE (FMA, not tensor core) dot, which holds its operands in
     registers, hence the small tiles there."""
-    if interp:  # few, wide programs: each op costs Python overhead in the interpreter
-        return 32, 32, 4, 1
     if fp32:
         if d <= 64:
             return 32, 32, 4, 1
@@ -466,10 +586,8 @@ def _fwd_config(d, interp, fp32=False):
     return 32, 32, 4, 2
 
 
-def _bwd_config(d, interp, fp32=False):
+def _bwd_config(d, fp32=False):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) of the dk/dv kernel (it holds k, v, dk, dv for BLOCK_N keys)."""
-    if interp:
-        return 32, 32, 4, 1
     if fp32:
         if d <= 64:
             return 32, 32, 4, 1
@@ -481,6 +599,11 @@ def _bwd_config(d, interp, fp32=False):
     if d <= 128:
         return 32, 64, 8, 2
     return 16, 32, 8, 2
+
+
+def _pre_block_m(block_d):
+    """Rows per program of the backward preprocess (delta) kernel."""
+    return max(16, min(128, 8192 // block_d))
 
 
 def _layout(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
@@ -528,15 +651,16 @@ def _bias_args(bias, fallback):
 
 
 def _flags(q, causal, window_left, window_right, bias, varlen):
-    interp = _interpreting(q)
+    # Interpreter workarounds (docs/triton-interpreter.md): bf16 dot operands in fp32, bf16 rounding on bits.
+    interp_bf16 = q.dtype == torch.bfloat16 and interpreting(q)
     return dict(
         IS_VARLEN=varlen,
         IS_CAUSAL=bool(causal),
         HAS_WL=window_left is not None and window_left >= 0,
         HAS_WR=window_right is not None and window_right >= 0,
         HAS_BIAS=bias is not None,
-        DOT_F32=q.dtype == torch.float32 or interp,
-        SOFT_BF16=q.dtype == torch.bfloat16 and interp,
+        DOT_F32=q.dtype == torch.float32 or interp_bf16,
+        SOFT_BF16=interp_bf16,
     )
 
 
@@ -558,7 +682,7 @@ def attention_fwd(q, k, v, *, softmax_scale: float, causal: bool, window_left: i
     if batch == 0 or sq == 0 or hq == 0 or out.numel() == 0:
         return out, lse
     flags = _flags(q, causal, window_left, window_right, bias, varlen)
-    block_m, block_n, warps, stages = _fwd_config(d, _interpreting(q), q.dtype == torch.float32)
+    block_m, block_n, warps, stages = _fwd_config(d, q.dtype == torch.float32)
     bias_t, bias_s = _bias_args(bias, lse)
     cu_q = cu_seqlens_q if varlen else lse
     cu_k = cu_seqlens_k if varlen else lse
@@ -593,7 +717,6 @@ def attention_bwd(dout, q, k, v, out, lse, *, softmax_scale, causal, window_left
     if sq == 0 or sk == 0:
         # No query or no key anywhere: every gradient is 0.
         return dq.zero_(), dk.zero_(), dv.zero_()
-    interp = _interpreting(q)
     flags = _flags(q, causal, window_left, window_right, bias, varlen)
     lse = lse.contiguous()
     delta = torch.empty_like(lse)
@@ -607,27 +730,38 @@ def attention_bwd(dout, q, k, v, out, lse, *, softmax_scale, causal, window_left
     wl, wr = int(window_left), int(window_right)
     q_s, k_s, v_s, do_s = (_strides3(t, varlen) for t in (q, k, v, dout))
 
-    pre_m = 64 if interp else max(16, min(128, 8192 // block_d))
+    pre_m = _pre_block_m(block_d)
     _attention_bwd_preprocess_kernel[(triton.cdiv(sq, pre_m), batch, hq)](
         out, dout, delta, cu_q,
         *_strides3(out, varlen), *do_s, *lse_s,
         sq, d,
         BLOCK_M=pre_m, BLOCK_D=block_d, IS_VARLEN=varlen, num_warps=4,
     )
-    block_m, block_n, warps, stages = _bwd_config(d, interp, q.dtype == torch.float32)
-    _attention_bwd_dkdv_kernel[(triton.cdiv(sk, block_n), batch, hk)](
-        q, k, v, bias_t, dout, lse, delta, dk, dv, cu_q, cu_k,
-        *q_s, *k_s, *v_s, *do_s, *_strides3(dk, varlen), *_strides3(dv, varlen),
+    m2 = torch.empty_like(lse)
+    ll2 = torch.empty_like(lse)
+    block_m, block_n, warps, stages = _fwd_config(d, q.dtype == torch.float32)
+    stats_flags = {k: v for k, v in flags.items() if k != "SOFT_BF16"}
+    _attention_bwd_stats_kernel[(triton.cdiv(sq, block_m), batch, hq)](
+        q, k, bias_t, lse, m2, ll2, cu_q, cu_k,
+        *q_s, *k_s, *bias_s, *lse_s,
+        sq, sk, d, group, scale * _LOG2E, wl, wr,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        num_warps=warps, num_stages=stages,
+        **stats_flags,
+    )
+    _attention_bwd_dq_kernel[(triton.cdiv(sq, block_m), batch, hq)](
+        q, k, v, bias_t, dout, m2, ll2, delta, dq, cu_q, cu_k,
+        *q_s, *k_s, *v_s, *do_s, *_strides3(dq, varlen),
         *bias_s, *lse_s,
         sq, sk, d, group, scale, scale * _LOG2E, wl, wr,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=warps, num_stages=stages,
         **flags,
     )
-    block_m, block_n, warps, stages = _fwd_config(d, interp, q.dtype == torch.float32)
-    _attention_bwd_dq_kernel[(triton.cdiv(sq, block_m), batch, hq)](
-        q, k, v, bias_t, dout, lse, delta, dq, cu_q, cu_k,
-        *q_s, *k_s, *v_s, *do_s, *_strides3(dq, varlen),
+    block_m, block_n, warps, stages = _bwd_config(d, q.dtype == torch.float32)
+    _attention_bwd_dkdv_kernel[(triton.cdiv(sk, block_n), batch, hk)](
+        q, k, v, bias_t, dout, m2, ll2, delta, dk, dv, cu_q, cu_k,
+        *q_s, *k_s, *v_s, *do_s, *_strides3(dk, varlen), *_strides3(dv, varlen),
         *bias_s, *lse_s,
         sq, sk, d, group, scale, scale * _LOG2E, wl, wr,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,

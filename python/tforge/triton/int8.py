@@ -9,7 +9,8 @@ only K needs masks, and only when BLOCK_K does not divide it (zero padding is ex
 operation as the reference does (launched with enable_fp_fusion=False: no FMA contraction; the main loop is
 integer, so nothing else changes), then to the output dtype with round-to-nearest-even.
 Under TRITON_INTERPRET=1 the interpreter computes int8 tl.dot exactly (numpy matmul with an int32
-result type), so the same code runs there; bf16 rounding is done on the bits there (see norm._to_out).
+result type), so the same code and tiles run there (the tile heuristics assume _common.INTERP_SM_COUNT
+SMs); only bf16 rounding is done on the bits there (see norm._to_out, docs/triton-interpreter.md).
 
 Quantisation: scale = absmax / 127 (NaN-propagating absmax, IEEE division), q = round_half_even(x / scale)
 clamped to [-127, 127] (x / scale by div_rn, so q matches the fp32 reference bit for bit), q = 0 on rows
@@ -18,13 +19,11 @@ registers; longer rows take two passes over chunks.
 Launchers trust the caller (the ops layer validates) and only assert the layout they rely on.
 """
 
-import functools
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._common import interpreting, sm_count
 from .norm import _to_out
 
 _MAX_FUSED_Q = 8192  # longest row (elements) quantised in one block
@@ -178,25 +177,14 @@ def _quantize_rows_kernel(
 # ---------------------------------------------------------------- launchers
 
 
-def _interpreting(x):
-    return os.environ.get("TRITON_INTERPRET", "0") == "1" or not x.is_cuda
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index):
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _gemm_config(M, N, K, interp, sms, aligned=True):
+def _gemm_config(M, N, K, sms, aligned=True):
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Large problems: 128x256x128 tiles (two wgmma
     warpgroups on sm_90); fewer tiles than SMs: 128x128 or 64x128; decode-like M <= 64: a BLOCK_M that
     covers M and a BLOCK_N small enough for about two programs per SM (the GEMM streams b).
     Not `aligned` (K, a row stride or b row stride not a multiple of 16, a base pointer not 16-byte
     aligned, or a K stride other than 1): the loads cannot be 16-byte vectors, the pipeliner keeps the
-    tiles in registers and the large configs spill (sm_90, triton 3.8), so small tiles."""
-    if interp:  # few, wide programs: each op costs Python overhead in the interpreter
-        bm = min(64, max(16, triton.next_power_of_2(M)))
-        return bm, 32, 64, 4, 1
+    tiles in registers and the large configs spill (sm_90, triton 3.8), so small tiles.
+    The interpreter gets the same tiles (with sms = _common.INTERP_SM_COUNT)."""
     if not aligned:
         return (16, 32, 64, 4, 2) if M <= 16 else (64, 64, 32, 4, 2)
     bk = 128 if K > 64 else 64
@@ -223,15 +211,11 @@ def _aligned16(a, b, stride_am, stride_bn):
 def _launch_gemm(a, b, c, a_scale, b_scale, bias, fused):
     M, K = a.shape
     N = b.shape[0]
-    interp = _interpreting(a)
-    if a.is_cuda:
-        sms = _sm_count(a.device.index if a.device.index is not None else torch.cuda.current_device())
-    else:
-        sms = 1
+    sms = sm_count(a)
     # A single row's stride is never used: 0 lets the compiler see aligned rows.
     stride_am = a.stride(0) if M > 1 else 0
     stride_bn = b.stride(0) if N > 1 else 0
-    block_m, block_n, block_k, warps, stages = _gemm_config(M, N, K, interp, sms,
+    block_m, block_n, block_k, warps, stages = _gemm_config(M, N, K, sms,
                                                             _aligned16(a, b, stride_am, stride_bn))
     grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
     _int8_matmul_kernel[grid](
@@ -246,7 +230,7 @@ def _launch_gemm(a, b, c, a_scale, b_scale, bias, fused):
         FUSED=fused,
         HAS_A_SCALE=a_scale is not None,
         HAS_BIAS=bias is not None,
-        SOFT_BF16=c.dtype == torch.bfloat16 and interp,
+        SOFT_BF16=c.dtype == torch.bfloat16 and interpreting(a),
         num_warps=warps, num_stages=stages,
         enable_fp_fusion=False,  # the epilogue rounds each product and the sum, as the reference does
     )

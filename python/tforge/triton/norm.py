@@ -5,15 +5,18 @@ residual the norm is taken of s = x + residual *rounded to x.dtype*, so y == nor
 Rows of up to _MAX_FUSED_* elements stay in registers (one 2-D tile of BLOCK_M rows per step); longer
 rows are walked in chunks. The backward accumulates dweight / dbias per program into an fp32 (P, N)
 partial buffer (no atomics, so results are deterministic for a given P) and a second kernel reduces it.
-Launchers trust the caller (the ops layer validates) and only assert the layout they rely on.
+Under TRITON_INTERPRET=1 the launchers pick the GPU's tiles, warps and program counts (with the SM
+count of _common.INTERP_SM_COUNT); only bf16 rounding differs there (see _to_out), and the dweight /
+dbias reduction of rows wider than 4096 takes wider column blocks unless TFORGE_TRITON_GPU_CONFIGS=1
+(docs/triton-interpreter.md). Launchers trust the caller (the ops layer validates) and only assert the
+layout they rely on.
 """
-
-import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ._common import INTERP_MAX_PROGRAMS, force_gpu_configs, interpreting, sm_count
 
 # Longest row (elements) kept entirely in registers; longer rows take the chunked path.
 _MAX_FUSED_FWD = 8192
@@ -22,6 +25,9 @@ _MAX_FUSED_BWD = 8192
 _CHUNK = 4096
 _TILE = 2048
 _MAX_ROWS_PER_TILE = 16
+# Tile of the dweight / dbias reduction over the (P, N) partials.
+_REDUCE_BLOCK_P = 32
+_REDUCE_BLOCK_N = 64
 
 
 @triton.jit
@@ -340,7 +346,7 @@ def _unit_col_stride(t):
 
 def _soft_bf16(x):
     # Round bf16 outputs by hand only where the interpreter runs the kernel (see _to_out).
-    return x.dtype == torch.bfloat16 and (os.environ.get("TRITON_INTERPRET", "0") == "1" or not x.is_cuda)
+    return x.dtype == torch.bfloat16 and interpreting(x)
 
 
 def _num_warps(elems):
@@ -354,11 +360,6 @@ def _tile(n, m, max_fused):
         return False, 1, _CHUNK, _num_warps(_CHUNK)
     block_m = max(1, min(_MAX_ROWS_PER_TILE, _TILE // block_n, triton.next_power_of_2(max(m, 1))))
     return True, block_m, block_n, _num_warps(block_m * block_n)
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(index):
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def norm_fwd(x, residual, weight, bias, eps: float, rms: bool):
@@ -433,11 +434,7 @@ def norm_bwd(dy, dresidual_out, x, weight, mean, rstd, rms: bool, has_bias: bool
     single, block_m, block_n, num_warps = _tile(N, M, _MAX_FUSED_BWD)
     tiles = triton.cdiv(M, block_m)
     if has_dw or has_db:
-        if x.is_cuda:
-            sm = _sm_count(x.device.index if x.device.index is not None else torch.cuda.current_device())
-            programs = sm * max(1, min(8, 32 // num_warps))
-        else:
-            programs = 4
+        programs = sm_count(x) * max(1, min(8, 32 // num_warps))
         # Whole tiles per program, then drop the programs that would get nothing.
         rows_per_prog = triton.cdiv(tiles, min(programs, tiles)) * block_m
     else:
@@ -477,10 +474,10 @@ def norm_bwd(dy, dresidual_out, x, weight, mean, rstd, rms: bool, has_bias: bool
     dweight = torch.empty((N,), dtype=x.dtype, device=dev) if has_dw else None
     dbias = torch.empty((N,), dtype=x.dtype, device=dev) if has_db else None
     if has_dw or has_db:
-        if x.is_cuda:
-            block_p, block_c = 32, 64
-        else:  # interpreter: few, wide programs (each program costs Python overhead there)
-            block_p, block_c = triton.next_power_of_2(P), min(4096, triton.next_power_of_2(N))
+        block_p, block_c = _REDUCE_BLOCK_P, _REDUCE_BLOCK_N
+        if interpreting(x) and not force_gpu_configs() and triton.cdiv(N, block_c) > INTERP_MAX_PROGRAMS:
+            # Interpreter launch-size exception (docs/triton-interpreter.md): wider column blocks.
+            block_c = min(4096, triton.next_power_of_2(triton.cdiv(N, INTERP_MAX_PROGRAMS)))
         _norm_bwd_reduce_kernel[(triton.cdiv(N, block_c),)](
             part_dw if has_dw else part_db,
             part_db if has_db else part_dw,

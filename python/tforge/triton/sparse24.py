@@ -10,21 +10,21 @@ fp32 accumulation. Int8 values (weight-only int8 2:4) are converted to x's dtype
 accumulator is multiplied by scale[n] before the bias. Rows past M and columns past N wrap onto valid
 ones (their results are never stored); only K needs masks.
 
-Under TRITON_INTERPRET=1 (the CPU test path) tl.dot runs on fp32 operands (the interpreter multiplies
-bf16 bit patterns as integers) and bf16 rounding is done on the bits (norm._to_out); fp32 inputs use
-IEEE products (no TF32) on the GPU too.
+fp32 inputs use IEEE products (no TF32). Under TRITON_INTERPRET=1 (the CPU test path) the launcher picks
+the GPU's tiles, warps and stages; only bf16 inputs differ there (docs/triton-interpreter.md): their
+tl.dot runs on fp32 operands (the interpreter multiplies bf16 bit patterns as integers, and converts
+int8 to bf16 as bit patterns too) and bf16 rounding is done on the bits (norm._to_out).
 
 n:m mask: per element, rank = #(scores in its group that are larger, or equal at a lower column);
 keep when rank < n. m is a compile-time constant (any 1 <= n <= m <= 16).
 Launchers trust the caller (the ops layer validates) and only assert the layout they rely on.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._common import interpreting
 from .norm import _to_out
 
 
@@ -139,14 +139,8 @@ def _nm_mask_kernel(
 # ---------------------------------------------------------------- launchers
 
 
-def _interpreting(x):
-    return os.environ.get("TRITON_INTERPRET", "0") == "1" or not x.is_cuda
-
-
-def _linear_config(M, N, K, interp, fp32):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)."""
-    if interp:  # few, wide programs: each op costs Python overhead in the interpreter
-        return min(64, max(16, triton.next_power_of_2(M))), 32, 32, 4, 1
+def _linear_config(M, N, K, fp32):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), the same under the interpreter."""
     if fp32:  # fp32 tiles take twice the registers and shared memory
         return (16 if M <= 16 else 64), 64, 32, 4, 3
     if M <= 64:
@@ -169,8 +163,8 @@ def sparse24_linear(x, values, meta, scale, bias, y):
     assert (values.dtype == torch.int8) == (scale is not None), "sparse24_linear: int8 values need a scale"
     if M == 0 or N == 0:
         return y
-    interp = _interpreting(x)
-    block_m, block_n, block_k, warps, stages = _linear_config(M, N, K, interp, x.dtype == torch.float32)
+    interp_bf16 = x.dtype == torch.bfloat16 and interpreting(x)  # docs/triton-interpreter.md
+    block_m, block_n, block_k, warps, stages = _linear_config(M, N, K, x.dtype == torch.float32)
     grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
     _sparse24_linear_kernel[grid](
         x, values, meta, y,
@@ -179,8 +173,8 @@ def sparse24_linear(x, values, meta, scale, bias, y):
         M, N, K, meta.shape[1], x.stride(0) if M > 1 else 0,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
         HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-        DOT_F32=x.dtype == torch.float32 or interp,
-        SOFT_BF16=x.dtype == torch.bfloat16 and interp,
+        DOT_F32=x.dtype == torch.float32 or interp_bf16,
+        SOFT_BF16=interp_bf16,
         num_warps=warps, num_stages=stages,
     )
     return y
