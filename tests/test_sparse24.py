@@ -484,7 +484,7 @@ def test_bench_sparse24_quick(capsys):
     out = capsys.readouterr().out
     assert "F.linear (dense)" in out and "sparse24_linear:auto" in out and "vs dense" in out
     recs = bench_sparse24.run(argparse.Namespace(device="cpu", quick=True, shapes=[(4, 16, 32)], backends=["torch"],
-                                                 repeats=2, max_seconds=0.3))
+                                                 repeats=2, max_seconds=0.3, no_json=True, out=None))
     assert {r["backend"] for r in recs} >= {"F.linear (dense)", "sparse24_linear:auto", "sparse24_linear:torch"}
     assert all(r["check"] == "ok" and r["tflops"] > 0 and r["op"] == "sparse24" for r in recs)
     goals = bench_sparse24.goals([dict(r, shape=[512, 4096, 4096]) for r in recs])

@@ -125,24 +125,6 @@ void linear_empty_k(const Sparse24LinearArgs& a) {
 
 // ---- nm_mask
 
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  uint32_t bits;
-  if (e == 0) {  // zero or subnormal: m * 2^-24, exact in fp32
-    const float v = static_cast<float>(m) * 5.9604644775390625e-8f;
-    std::memcpy(&bits, &v, 4);
-    bits |= sign;
-  } else if (e == 31) {
-    bits = sign | 0x7f800000u | (m << 13);
-  } else {
-    bits = sign | ((e + 112) << 23) | (m << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 template <int DT>
 inline float score_at(const void* row, int64_t i) {
   if constexpr (DT == kFloat32) return static_cast<const float*>(row)[i];

@@ -14,7 +14,7 @@
 
 #include "emu/emulator.h"
 #include "emu/fragments.h"
-#include "emu/half_types.h"
+#include "common/dtype.h"
 
 namespace py = pybind11;
 
@@ -79,7 +79,7 @@ void def_emulator(py::module_& m) {
       [](uintptr_t src, uintptr_t dst, int64_t n, bool bf16) {
         const float* s = reinterpret_cast<const float*>(src);
         uint16_t* d = reinterpret_cast<uint16_t*>(dst);
-        for (int64_t i = 0; i < n; ++i) d[i] = bf16 ? f32_to_bf16_rn(s[i]) : f32_to_f16_rn(s[i]);
+        for (int64_t i = 0; i < n; ++i) d[i] = bf16 ? float_to_bf16(s[i]) : float_to_half(s[i]);
       },
       py::arg("src"), py::arg("dst"), py::arg("n"), py::arg("bf16"),
       "The emulator's fp32 -> bf16 / fp16 rounding of n floats (raw pointers), for tests");

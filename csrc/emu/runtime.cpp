@@ -417,8 +417,8 @@ void on_access(void* p, size_t bytes, bool write) {
 
 uint32_t lane_word(const Warp& w, int lane, int i) { return w.in[lane][i]; }
 
-float bf16f(uint32_t bits) { return bf16_to_f32(static_cast<uint16_t>(bits)); }
-float f16f(uint32_t bits) { return f16_to_f32(static_cast<uint16_t>(bits)); }
+float bf16f(uint32_t bits) { return bf16_to_float(static_cast<uint16_t>(bits)); }
+float f16f(uint32_t bits) { return half_to_float(static_cast<uint16_t>(bits)); }
 uint16_t half_of(uint32_t v, int h) { return static_cast<uint16_t>(h ? v >> 16 : v & 0xffffu); }
 
 void compute_ldmatrix(Warp& w, int warp_id) {
