@@ -15,7 +15,7 @@ from tforge.ops.layer_norm import add_layer_norm_ref, layer_norm_ref
 from tforge.ops.rms_norm import add_rms_norm_ref, rms_norm_ref
 from tforge.testing import assert_error_within, tolerances
 
-from fuzz_cases import (BACKENDS, FLOATS, LAYOUTS, SIZES, SMALL, backend_ok, expect, finite_ref_close, generator,
+from fuzz_cases import (BACKENDS, LAYOUTS, SIZES, SMALL, backend_ok, expect, finite_ref_close, generator,
                         make, pick, profiles, rare, run)
 
 EPS, BAD_EPS = [1e-5, 1e-6, 0.1, 2.0 ** -149], [0.0, -1e-5, 1e-50, float("nan"), float("inf"), 1e39]
@@ -159,7 +159,7 @@ def test_fuzz_attention(profile):
             return
         qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
         ref = attention_ref(qd, kd, vd, causal, scale, window, bias.double() if bias is not None else None)
-        assert out.dtype == dtype and torch.equal(torch.isnan(out), torch.isnan(out))
+        assert out.dtype == dtype
         finite_ref_close(out, ref, dtype, name="attention out")
         if grad and out.numel() and torch.isfinite(ref).all():
             dout = torch.randn(out.shape, dtype=torch.float64, generator=generator(draw)).to(dtype)
@@ -224,4 +224,3 @@ def test_fuzz_profiles_are_seeded():
     """derandomize: the short profile runs the same examples every time (CI cannot flake)."""
     from fuzz_cases import FAST, LONG
     assert FAST.derandomize and LONG.derandomize and FAST.max_examples < LONG.max_examples
-    assert math.isfinite(FAST.max_examples)

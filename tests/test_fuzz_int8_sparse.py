@@ -145,3 +145,36 @@ def test_fuzz_sparse24_linear(profile):
         finite_ref_close(out, ref, dtype, name="sparse24_linear")
 
     run(profile, case)
+
+
+@profiles
+def test_fuzz_scores_and_unstructured(profile):
+    """prune_scores, unstructured_mask, cu_seqlens_from_lengths: the remaining public helpers."""
+    @given(st.data())
+    def case(data):
+        draw = data.draw
+        rows, cols = draw(st.sampled_from(SMALL)), draw(st.sampled_from(SIZES))
+        w = make(draw, (rows, cols), pick(draw, [torch.float32, torch.bfloat16], [torch.float64]), specials=False)
+        method = pick(draw, ["magnitude", "wanda"], ["l1"])
+        act = make(draw, (cols,), torch.float32, specials=False).abs() if method == "wanda" else None
+        scores = expect(method != "l1", lambda: tforge.prune_scores(w, method, act))
+        if scores is None:
+            return
+        want = w.double().abs() * (act.double() if act is not None else 1)
+        finite_ref_close(scores, want, torch.float32, name="prune_scores")
+        sparsity = pick(draw, [0.0, 0.3, 0.5, 0.9], [1.0, -0.1])
+        per_row = draw(st.booleans())
+        mask = expect(0.0 <= sparsity < 1.0, lambda: tforge.unstructured_mask(scores, sparsity, per_row))
+        if mask is not None and scores.numel():
+            count = cols if per_row else scores.numel()
+            kept = mask.reshape(-1, count).sum(-1) if count else torch.zeros(0)
+            assert bool((kept == count - int(sparsity * count + 1e-9)).all())
+            flat, fm = scores.reshape(-1, count), mask.reshape(-1, count)  # every kept score >= every pruned one
+            for s_row, m_row in zip(flat, fm):
+                if m_row.any() and (~m_row).any():
+                    assert s_row[m_row].min() >= s_row[~m_row].max()
+        lens = draw(st.lists(st.sampled_from(SIZES), max_size=5))
+        cu = tforge.cu_seqlens_from_lengths(lens)
+        assert cu.dtype == torch.int32 and cu.tolist() == [sum(lens[:i]) for i in range(len(lens) + 1)]
+
+    run(profile, case)

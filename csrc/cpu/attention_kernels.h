@@ -51,95 +51,7 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// ---------------------------------------------------------------- micro-kernels
-
-enum GemmMode { kSet = 0, kAdd = 1, kScaleAdd = 2 };
-
-// C[r][c] for r < R, c < NV*W (ldc): kSet: =, kAdd: +=, kScaleAdd: = C * cscale[c] + ...
-//   sum over k < K of a(r, k) * B[k * ldb + c],
-// a(r, k) = A[r * lda + k] (A_ROWS) or A[k * lda + r] (!A_ROWS).
-template <int R, int NV, int MODE, bool A_ROWS>
-inline void micro(int64_t K, const float* __restrict A, int64_t lda, const float* __restrict B, int64_t ldb,
-                  float* __restrict C, int64_t ldc, const float* __restrict cscale) {
-  Vec acc[R][NV];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      if constexpr (MODE == kSet) acc[r][v] = Vec::zero();
-      else if constexpr (MODE == kAdd) acc[r][v] = Vec::load(C + r * ldc + v * Vec::W);
-      else acc[r][v] = Vec::load(C + r * ldc + v * Vec::W) * Vec::load(cscale + v * Vec::W);
-    }
-  }
-  if constexpr (A_ROWS) {
-    const float* ap[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) ap[r] = A + r * lda;
-    for (int64_t k = 0; k < K; ++k) {
-      Vec bv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = Vec::load(B + v * Vec::W);
-      B += ldb;
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const Vec av = Vec::set1(ap[r][k]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fma(av, bv[v], acc[r][v]);
-      }
-    }
-  } else {
-    for (int64_t k = 0; k < K; ++k) {
-      Vec bv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = Vec::load(B + v * Vec::W);
-      B += ldb;
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const Vec av = Vec::set1(A[r]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fma(av, bv[v], acc[r][v]);
-      }
-      A += lda;
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) Vec::store(C + r * ldc + v * Vec::W, acc[r][v]);
-  }
-}
-
-template <int NV, int MODE, bool A_ROWS>
-inline void micro_rows(int64_t rows, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
-                       float* C, int64_t ldc, const float* cscale) {
-  const int64_t astep = A_ROWS ? lda : 1;
-  int64_t r = 0;
-  for (; r + kMR <= rows; r += kMR)
-    micro<kMR, NV, MODE, A_ROWS>(K, A + r * astep, lda, B, ldb, C + r * ldc, ldc, cscale);
-  const float* a = A + r * astep;
-  float* c = C + r * ldc;
-  switch (rows - r) {
-    case 5: micro<5, NV, MODE, A_ROWS>(K, a, lda, B, ldb, c, ldc, cscale); break;
-    case 4: micro<4, NV, MODE, A_ROWS>(K, a, lda, B, ldb, c, ldc, cscale); break;
-    case 3: micro<3, NV, MODE, A_ROWS>(K, a, lda, B, ldb, c, ldc, cscale); break;
-    case 2: micro<2, NV, MODE, A_ROWS>(K, a, lda, B, ldb, c, ldc, cscale); break;
-    case 1: micro<1, NV, MODE, A_ROWS>(K, a, lda, B, ldb, c, ldc, cscale); break;
-    default: break;
-  }
-}
-
-// C [M][N] (ldc) (+)= A-product with B [K][N] (ldb); N a multiple of Vec::W.
-// Column panels outer (a K x 16 panel of B stays in L1), row tiles inner.
-template <int MODE, bool A_ROWS>
-void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
-          int64_t ldc, const float* cscale = nullptr) {
-  constexpr int64_t P = kNV * Vec::W;
-  int64_t n = 0;
-  for (; n + P <= N; n += P)
-    micro_rows<kNV, MODE, A_ROWS>(M, K, A, lda, B + n, ldb, C + n, ldc, cscale ? cscale + n : nullptr);
-  for (; n < N; n += Vec::W)
-    micro_rows<1, MODE, A_ROWS>(M, K, A, lda, B + n, ldb, C + n, ldc, cscale ? cscale + n : nullptr);
-}
+#include "cpu/attention_gemm.h"  // micro-kernels and gemm
 
 // ---------------------------------------------------------------- masking
 
@@ -193,6 +105,7 @@ inline void apply_mask(const Band& band, int64_t i0, int64_t np, int64_t j0, int
 struct Ws {
   float *qt, *ot, *st, *kb, *vb, *m, *l, *al;       // forward (ot is dQ^T in the backward)
   float *qn, *dot, *don, *dpt, *lse, *dd;           // backward
+  float *sc, *lc, *ll;                              // backward: per-row P = 2^((S sc - lse) lc - ll)
   float *dk, *dv;                                   // backward: dK / dV accumulators, acc_rows x Dp
   float *kp, *vp;                                   // packed fp32 K / V rows, pack_rows x D
 };
@@ -214,6 +127,7 @@ inline size_t carve(float* base, int64_t D, bool bwd, int64_t acc_rows, int64_t 
   w->l = take(kBQ);
   w->al = take(kBQ);
   w->qn = w->dot = w->don = w->dpt = w->lse = w->dd = w->dk = w->dv = nullptr;
+  w->sc = w->lc = w->ll = nullptr;
   if (bwd) {
     w->qn = take(kBQ * Dp);
     w->dot = take(D * kBQ);
@@ -221,6 +135,9 @@ inline size_t carve(float* base, int64_t D, bool bwd, int64_t acc_rows, int64_t 
     w->dpt = take(kBK * kBQ);
     w->lse = take(kBQ);
     w->dd = take(kBQ);
+    w->sc = take(kBQ);
+    w->lc = take(kBQ);
+    w->ll = take(kBQ);
     w->dk = take(acc_rows * Dp);
     w->dv = take(acc_rows * Dp);
   }
@@ -475,168 +392,7 @@ void fwd_task_t(const AttnFwdArgs& a, const AttnSeq& s, int64_t b, int64_t h0, i
   }
 }
 
-// ---------------------------------------------------------------- backward
-
-template <class T>
-void delta_t(const AttnBwdArgs& a, const AttnSeq& s, int64_t b, int64_t h, float* delta) {
-  const int64_t D = a.p.head_dim;
-  const Head<T> o = head_of<T>(a.out, b, s.q_off, h);
-  const Head<T> g = head_of<T>(a.dout, b, s.q_off, h);
-  float* dl = delta + s.lse_off + h * s.lse_head_stride;
-  for (int64_t i = 0; i < s.sq; ++i) {
-    const T* x = o.p + i * o.ld;
-    const T* y = g.p + i * g.ld;
-    Vec acc = Vec::zero();
-    int64_t d = 0;
-    for (; d + Vec::W <= D; d += Vec::W) acc = Vec::fma(Vec::load(x + d), Vec::load(y + d), acc);
-    float t = acc.hsum();
-    for (; d < D; ++d) t += VecOne::load(x + d).v * VecOne::load(y + d).v;
-    dl[i] = t;
-  }
-}
-
-// Query block [i0, i0 + ni) of q head h, packed for the backward: Q^T (scaled, log2 units), dO^T, and lse
-// (natural units) / delta lane vectors (lse -inf, a row that saw no key, becomes +inf so that P = 0). With
-// `natural`, also Q and dO as fp32 rows [ii][Dp] for dK / dV.
-template <class T>
-inline void pack_q_block(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, int64_t b, int64_t h,
-                         int64_t i0, int64_t ni, int64_t np, bool natural, const Ws& w) {
-  const int64_t D = a.p.head_dim, Dp = round_up(D, Vec::W);
-  const Head<T> q = head_of<T>(a.q, b, s.q_off + i0, h);
-  const Head<T> g = head_of<T>(a.dout, b, s.q_off + i0, h);
-  pack_t(q.p, q.ld, ni, np, D, a.p.softmax_scale * kLog2e, w.qt);
-  pack_t(g.p, g.ld, ni, np, D, 1.f, w.dot);
-  if (natural) {
-    load_rows(q.p, q.ld, ni, D, w.qn, Dp);
-    load_rows(g.p, g.ld, ni, D, w.don, Dp);
-  }
-  const float* lse = a.lse + s.lse_off + h * s.lse_head_stride + i0;
-  const float* dl = delta + s.lse_off + h * s.lse_head_stride + i0;
-  for (int64_t ii = 0; ii < np; ++ii) {
-    const float l = ii < ni ? lse[ii] : kNegInf;
-    w.lse[ii] = l == kNegInf ? kPosInf : l;
-    w.dd[ii] = ii < ni ? dl[ii] : 0.f;
-  }
-}
-
-// For one (query block, key block) pair: P^T into st and dS^T into dpt.
-inline void probs_and_dscores(const Ctx& c, int64_t i0, int64_t ni, int64_t np, int64_t j0, int64_t nj, Rows kf,
-                              Rows vf, const Ws& w) {
-  scores(c, i0, ni, np, j0, nj, kf, w.qt, w.st);
-  gemm<kSet, true>(nj, np, c.D, vf.p, vf.ld, w.dot, kBQ, w.dpt, kBQ);  // dP^T = V dO^T
-  const Vec ln2 = Vec::set1(kLn2), log2e = Vec::set1(kLog2e);
-  for (int64_t cc = 0; cc < np; cc += Vec::W) {
-    const Vec l = Vec::load(w.lse + cc), dd = Vec::load(w.dd + cc);
-    for (int64_t jj = 0; jj < nj; ++jj) {
-      float* sp = w.st + jj * kBQ + cc;
-      float* dp = w.dpt + jj * kBQ + cc;
-      // P = exp(S ln 2 - lse), S ln 2 rounded as the forward rounded m ln 2 (see fwd_qblock)
-      const Vec pr = vexp2((vround(Vec::load(sp) * ln2) - l) * log2e);
-      Vec::store(sp, pr);
-      Vec::store(dp, pr * (Vec::load(dp) - dd));
-    }
-  }
-}
-
-// Two-pass scheme, pass 1: dK / dV for keys [j0, j1) of kv head hk (all q heads of its group, every query block
-// that sees one of these keys).
-template <class T>
-void bwd_kv_block_t(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, int64_t b, int64_t hk, int64_t j0,
-                    int64_t j1, float* ws) {
-  const AttnParams& p = a.p;
-  const int64_t D = p.head_dim, Dp = round_up(D, Vec::W), nj = j1 - j0;
-  const int64_t group = p.heads_q / p.heads_k;
-  Ws w;
-  carve(ws, D, true, kBK, 0, &w);
-  KV<T> kv(a.k, a.v, b, s.k_off, hk, D, w);
-  const Rows kf = kv.krows(j0, nj), vf = kv.vrows(j0, nj);
-  for (int64_t x = 0; x < nj * Dp; ++x) w.dk[x] = w.dv[x] = 0.f;
-  const Band band(p, s.sq, s.sk);
-  const int64_t ilo = band.q_lo(j0), ihi = band.q_hi(j1 - 1);
-  for (int64_t h = hk * group; h < (hk + 1) * group && ilo < ihi; ++h) {
-    const Ctx c(p, s, b, h);
-    for (int64_t i0 = ilo; i0 < ihi; i0 += kBQ) {
-      const int64_t ni = min64(kBQ, ihi - i0), np = round_up(ni, Vec::W);
-      pack_q_block<T>(a, s, delta, b, h, i0, ni, np, true, w);
-      probs_and_dscores(c, i0, ni, np, j0, nj, kf, vf, w);
-      gemm<kAdd, true>(nj, Dp, ni, w.st, kBQ, w.don, Dp, w.dv, Dp);   // dV += P^T dO
-      gemm<kAdd, true>(nj, Dp, ni, w.dpt, kBQ, w.qn, Dp, w.dk, Dp);  // dK += dS^T Q (scale below)
-    }
-  }
-  store_rows(w.dk, Dp, nj, D, p.softmax_scale, head_of<T>(a.dk, b, s.k_off + j0, hk), a.dk.seq_stride);
-  store_rows(w.dv, Dp, nj, D, 1.f, head_of<T>(a.dv, b, s.k_off + j0, hk), a.dv.seq_stride);
-}
-
-// Two-pass scheme, pass 2: dQ for query rows [i0, i1) of q head h.
-template <class T>
-void bwd_q_block_t(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, int64_t b, int64_t h, int64_t i0,
-                   int64_t i1, float* ws) {
-  const AttnParams& p = a.p;
-  const Ctx c(p, s, b, h);
-  const int64_t D = c.D, ni = i1 - i0, np = round_up(ni, Vec::W);
-  const int64_t hk = h / (p.heads_q / p.heads_k);
-  Ws w;
-  carve(ws, D, true, kBK, 0, &w);
-  T* dq = head_of<T>(a.dq, b, s.q_off + i0, h);
-  const int64_t jlo = c.band.key_lo(i0), jhi = c.band.key_hi(i1 - 1);
-  if (jlo >= jhi) {
-    zero_rows(dq, a.dq.seq_stride, ni, D);
-    return;
-  }
-  pack_q_block<T>(a, s, delta, b, h, i0, ni, np, false, w);
-  for (int64_t d = 0; d < D; ++d)
-    for (int64_t ii = 0; ii < np; ++ii) w.ot[d * kBQ + ii] = 0.f;
-  KV<T> kv(a.k, a.v, b, s.k_off, hk, D, w);
-  for (int64_t j0 = jlo; j0 < jhi; j0 += kBK) {
-    const int64_t nj = min64(kBK, jhi - j0);
-    const Rows kf = kv.krows(j0, nj), vf = kv.vrows(j0, nj);
-    probs_and_dscores(c, i0, ni, np, j0, nj, kf, vf, w);
-    gemm<kAdd, false>(D, np, nj, kf.p, kf.ld, w.dpt, kBQ, w.ot, kBQ);  // dQ^T += K^T dS^T (scale below)
-  }
-  transpose<float, T, false>(w.ot, kBQ, dq, a.dq.seq_stride, D, ni, p.softmax_scale, nullptr);
-}
-
-// Single pass over kv head hk of sequence b (the q heads of its group, every query block, every key block in
-// its band): dQ per query block, dK / dV accumulated over the whole sequence in ws (seqlen_k rows). Five
-// products per (query block, key block) pair instead of the two-pass scheme's seven.
-template <class T>
-void bwd_head_t(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, int64_t b, int64_t hk, bool pack,
-                float* ws) {
-  const AttnParams& p = a.p;
-  const int64_t D = p.head_dim, Dp = round_up(D, Vec::W), sk = s.sk;
-  const int64_t group = p.heads_q / p.heads_k;
-  Ws w;
-  carve(ws, D, true, sk, pack ? sk : 0, &w);
-  for (int64_t x = 0; x < sk * Dp; ++x) w.dk[x] = w.dv[x] = 0.f;
-  KV<T> kv(a.k, a.v, b, s.k_off, hk, D, w);
-  if (pack && sk > 0) kv.pack(0, sk, w);
-  for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-    const Ctx c(p, s, b, h);
-    for (int64_t i0 = 0; i0 < s.sq; i0 += kBQ) {
-      const int64_t i1 = min64(i0 + kBQ, s.sq), ni = i1 - i0, np = round_up(ni, Vec::W);
-      T* dq = head_of<T>(a.dq, b, s.q_off + i0, h);
-      const int64_t jlo = c.band.key_lo(i0), jhi = c.band.key_hi(i1 - 1);
-      if (jlo >= jhi) {
-        zero_rows(dq, a.dq.seq_stride, ni, D);
-        continue;
-      }
-      pack_q_block<T>(a, s, delta, b, h, i0, ni, np, true, w);
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t ii = 0; ii < np; ++ii) w.ot[d * kBQ + ii] = 0.f;
-      for (int64_t j0 = jlo; j0 < jhi; j0 += kBK) {
-        const int64_t nj = min64(kBK, jhi - j0);
-        const Rows kf = kv.krows(j0, nj), vf = kv.vrows(j0, nj);
-        probs_and_dscores(c, i0, ni, np, j0, nj, kf, vf, w);
-        gemm<kAdd, true>(nj, Dp, ni, w.st, kBQ, w.don, Dp, w.dv + j0 * Dp, Dp);   // dV += P^T dO
-        gemm<kAdd, true>(nj, Dp, ni, w.dpt, kBQ, w.qn, Dp, w.dk + j0 * Dp, Dp);  // dK += dS^T Q
-        gemm<kAdd, false>(D, np, nj, kf.p, kf.ld, w.dpt, kBQ, w.ot, kBQ);        // dQ^T += K^T dS^T
-      }
-      transpose<float, T, false>(w.ot, kBQ, dq, a.dq.seq_stride, D, ni, p.softmax_scale, nullptr);
-    }
-  }
-  store_rows(w.dk, Dp, sk, D, p.softmax_scale, head_of<T>(a.dk, b, s.k_off, hk), a.dk.seq_stride);
-  store_rows(w.dv, Dp, sk, D, 1.f, head_of<T>(a.dv, b, s.k_off, hk), a.dv.seq_stride);
-}
+#include "cpu/attention_bwd_kernels.h"  // delta, P / dS per block, the two backward schemes
 
 }  // namespace
 

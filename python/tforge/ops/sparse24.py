@@ -172,7 +172,7 @@ def unstructured_mask(scores: Tensor, sparsity: float, per_row: bool = True) -> 
     _check_scores("unstructured_mask", scores)
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
         raise ValueError(f"unstructured_mask: sparsity must be a number in [0, 1), got {sparsity!r}")
-    flat = scores.reshape(-1, scores.shape[-1]) if per_row else scores.reshape(1, -1)
+    flat = scores.reshape(math.prod(scores.shape[:-1]), scores.shape[-1]) if per_row else scores.reshape(1, -1)
     count = flat.shape[1]
     prune = math.floor(sparsity * count + 1e-9)  # 1e-9: 0.3 * 10 is 2.9999999999999996 in binary
     order = torch.sort(flat, dim=-1, descending=True, stable=True).indices
