@@ -148,6 +148,22 @@ def test_attention(emu, case):
         assert_error_within(t.grad, r.grad, lo.grad, factor=3.0, slack=1e-4, name=name)
 
 
+def test_attention_finfo_min_rows_match_the_other_backends(emu):
+    """A row masked only by finfo(float32).min keeps a uniform softmax on every backend (plain fp32
+    PyTorch's answer) and a -inf row gives zeros; the CUDA kernel clamps finite biases to -1e38."""
+    q = torch.randn(1, 9, 2, 32, dtype=torch.bfloat16)
+    k = torch.randn(1, 70, 2, 32, dtype=torch.bfloat16)
+    v = torch.randn(1, 70, 2, 32, dtype=torch.bfloat16)
+    bias = torch.randn(1, 2, 9, 70)
+    bias[:, :, 2] = torch.finfo(torch.float32).min
+    bias[:, :, 5] = float("-inf")
+    out = tforge.attention(q, k, v, attn_bias=bias, backend="cuda")
+    assert_close(out, attention_ref(q.float(), k.float(), v.float(), attn_bias=bias), torch.bfloat16)
+    assert_close(out[0, 2], v[0].float().mean(0), torch.bfloat16)  # uniform over the 70 keys
+    assert out[0, 5].abs().sum() == 0
+    assert_close(out, tforge.attention(q, k, v, attn_bias=bias, backend="cpu"), torch.bfloat16)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_varlen(emu, causal):
     lens_q, lens_k = [1, 63, 66], [5, 63, 40]
