@@ -9,7 +9,6 @@ with K % 4 == 0 and at most 2 non-zeros in each group of 4 consecutive columns b
          nibble = i0 | i1 << 2 with i0 < i1 the in-group positions of the two values. Groups with fewer
          than 2 non-zeros fill the spare slots with the lowest unused positions (value 0).
 Weight-only int8 2:4: values int8, scale (N,) fp32, y = (x @ Wq^T) * scale + bias.
-
 References: ``nm_mask_ref`` (sort-based), ``sparse24_ref`` (unpack, dense matmul in fp32, cast back).
 Custom ops: ``tforge::nm_mask`` and ``tforge::sparse24_linear`` (autograd for x and bias; the packed
 weight is a constant: train through tforge.nn.SparseLinear's dense-weight-with-mask form instead).
@@ -340,17 +339,16 @@ def _(scores, n, m, backend):
 def _linear_native(kind: str, x2: Tensor, values: Tensor, meta: Tensor, scale: Optional[Tensor],
                    bias32: Optional[Tensor], y: Tensor) -> None:
     C = _native.require()
-    m, k = x2.shape
-    n = values.shape[0]
+    (m, k), n = x2.shape, values.shape[0]
     args = (_native.Strided(x2), _native.row_stride(x2), values, meta, m, n, k, _native.dtype_code(x2),
             _values_code(values), _native.Strided(y), y.stride(0) if m > 0 else n, bias32, scale)
     if kind == "cpu":
         _native.call(C.sparse24_linear_cpu, *args, torch.get_num_threads())
     else:
         device, stream = _native.cuda_stream(x2)
-        n_ws = _native.call(C.sparse24_linear_cuda_workspace, *args, device)  # split-K partials
-        ws = torch.empty(max(n_ws, 1), dtype=torch.uint8, device=x2.device)   # from torch's allocator
-        _native.call(C.sparse24_linear_cuda, *args, _native.Out(ws), n_ws, device, stream)
+        n_ws = _native.call(C.sparse24_linear_cuda_workspace, *args, device)  # split-K partials, from torch
+        _native.call(C.sparse24_linear_cuda, *args, _native.Out(x2.new_empty(max(n_ws, 1), dtype=torch.uint8)),
+                     n_ws, device, stream)
 
 
 @_dispatch.custom_op("tforge::sparse24_linear")
