@@ -14,7 +14,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "emu/launch.h"
+#include "emu/cuda_prelude.h"  // dim3, __half, ... (and launch.h)
 
 namespace tforge::emu {
 unsigned char* dynamic_smem();
