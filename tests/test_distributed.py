@@ -70,6 +70,8 @@ COMMON = textwrap.dedent('''
 
 WORKER = COMMON + textwrap.dedent('''
     if __name__ == "__main__":
+        import faulthandler
+        faulthandler.enable()  # a rank that aborts prints every thread's Python stack on stderr
         out_dir, strategy, result = sys.argv[1], sys.argv[2], sys.argv[3]
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         until = int(sys.argv[4]) if len(sys.argv) > 4 else None
@@ -84,6 +86,14 @@ WORKER = COMMON + textwrap.dedent('''
                        "resumed_from": str(trainer.resumed_from)}, f)
         torch.distributed.barrier()  # no rank tears gloo down while the other still talks to it
         torch.distributed.destroy_process_group()
+        # Leave without interpreter finalisation. About one CI run in three a rank died with SIGABRT
+        # ("terminate called without an active exception"), reported at exit; 42 direct runs here (idle
+        # and loaded) did not reproduce it. Finalisation destroys the trainers' FSDP / gloo C++ objects
+        # in no fixed order after the group is gone; everything the test checks is on disk by now, so
+        # skipping it loses nothing. If a rank still aborts, faulthandler shows where.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 ''')
 
 
