@@ -14,7 +14,10 @@
 //                         32 at head_dim 128), online softmax in base 2.
 //   attn_bwd_pre_kernel   delta = rowsum(dout * out) and lse * log2(e) into the
 //                         workspace (+inf for rows with lse = -inf, so that their
-//                         probabilities are exp2(x - inf) = 0, never NaN).
+//                         probabilities are exp2(x - inf) = 0, never NaN); rows
+//                         masked only by huge finite biases, whose lse has lost
+//                         its log-sum, get their max and log2-sum recomputed and
+//                         stored apart (prob_bwd).
 //   attn_bwd_dq_kernel    grid (q blocks, heads_q, batch): 64 query rows, loop
 //                         over 64-key tiles: S, dP = dO V^T, dS, dQ += dS K.
 //   attn_bwd_dkdv_kernel  grid (key blocks, heads_k, batch): 64 keys, loop over
@@ -118,13 +121,14 @@ __device__ __forceinline__ float fast_exp2(float x) { return ptx::ex2_approx_ftz
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
-// Backward probability exp2(logit - lse2), at most 1 as in exact arithmetic.
-// The cap matters for rows masked only by huge finite biases (-1e9,
-// finfo.min): there lse has lost the precision that logit - lse2 needs, and
-// exp2 of the rounding error could reach inf (then inf * 0 = NaN in dS, dV).
-// Such rows get bounded (not exact) probabilities; NaN still propagates.
-__device__ __forceinline__ float prob_bwd(float logit, float lse2) {
-  const float d = logit - lse2;
+// Backward probability exp2((logit - m2) - ll2), at most 1 as in exact arithmetic.
+// For most rows m2 = lse * log2(e) and ll2 = 0. A row masked only by huge finite
+// biases (-1e9, finfo.min) has |lse| so large that m2 + log2(sum) rounds to m2:
+// the pre kernel then stores the row's own max (m2) and log2-sum (ll2) apart,
+// recomputed from its scores, so such rows get exact probabilities. The cap keeps
+// exp2 of rounding errors from reaching inf (inf * 0 = NaN); NaN still propagates.
+__device__ __forceinline__ float prob_bwd(float logit, float m2, float ll2) {
+  const float d = (logit - m2) - ll2;
   return fast_exp2(d > 0.f ? 0.f : d);
 }
 
@@ -709,12 +713,50 @@ struct BwdParams {
   TView q, k, v, o, dout;  // q, o, dout [.., heads_q, D]; k, v [.., heads_k, D]
   OView dq, dk, dv;        // dq [.., heads_q, D]; dk, dv [.., heads_k, D]
   const float* lse;        // lse layout (caller's)
-  float* lse2;             // workspace, lse layout: lse * log2(e), +inf where lse = -inf
+  float* lse2;             // workspace, lse layout: lse * log2(e) (+inf where lse = -inf), or the row max
   float* delta;            // workspace, lse layout: rowsum(dout * out)
+  float* ll2;              // workspace, lse layout: 0, or log2 of the row's sum (rows with |lse2| > kHugeLse2)
   int head_dim;
 };
 
 constexpr int kPreRows = 64;  // query rows per CTA of the preprocess kernel
+// |lse * log2(e)| beyond which log2 of a row's sum (up to log2(2^30)) is lost to rounding.
+constexpr float kHugeLse2 = 1024.f;
+
+// Max (m2) and log2-sum (ll2) of the base-2 logits of query row i, recomputed by one warp
+// (lanes along head_dim) with the dq / dk-dv kernels' logit formula: only for rows whose lse
+// has lost its log-sum (masked by huge finite biases); rare, so a plain loop over the keys.
+template <class T>
+__device__ __noinline__ void row_max_logsum(const BwdParams& p, const Seq& s, int b, int h, int i, int lane,
+                                            float& m2, float& ll2) {
+  const Common& c = p.c;
+  const Band band(s, c);
+  const int lo = band.key_lo(i), hi = band.key_hi(i);
+  const uint16_t* qrow = reinterpret_cast<const uint16_t*>(head_ptr<T>(p.q, c, b, s.q_start, h)) +
+                         static_cast<int64_t>(i) * p.q.s;
+  const uint16_t* kp = reinterpret_cast<const uint16_t*>(head_ptr<T>(p.k, c, b, s.k_start, h / c.group));
+  float m = -INFINITY, sum = 0.f;
+  for (int j = lo; j <= hi; ++j) {  // warp-uniform
+    const uint16_t* krow = kp + static_cast<int64_t>(j) * p.k.s;
+    float dot = 0.f;
+    for (int d = lane; d < p.head_dim; d += 32) dot = fmaf(elem_to_float<T>(qrow[d]), elem_to_float<T>(krow[d]), dot);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) dot += shfl_xor(dot, o);
+    float x = dot * c.scale_log2;
+    if (c.bias != nullptr) x = fmaf(clamp_bias(c.bias[bias_offset(c, b, h, i, j)]), kLog2e, x);
+    if (x == -INFINITY) continue;  // masked by the bias
+    if (x > m) {
+      sum = sum * fast_exp2(m - x) + 1.f;
+      m = x;
+    } else {
+      sum += fast_exp2(x - m);
+    }
+  }
+  if (m != -INFINITY) {
+    m2 = m;
+    ll2 = log2f(sum);
+  }
+}
 
 // grid (ceil(seqlen_q / 64), heads_q, batch): a warp per row, lanes along head_dim.
 template <class T>
@@ -738,10 +780,13 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_pre_kernel(const BwdParams 
     for (int d = lane; d < p.head_dim; d += 32) acc = fmaf(elem_to_float<T>(orow[d]), elem_to_float<T>(drow[d]), acc);
 #pragma unroll
     for (int m = 16; m > 0; m >>= 1) acc += shfl_xor(acc, m);
+    const float l = p.lse[base + i];
+    float m2 = l == -INFINITY ? INFINITY : l * kLog2e, ll2 = 0.f;
+    if (fabsf(m2) > kHugeLse2 && m2 != INFINITY) row_max_logsum<T>(p, s, b, h, i, lane, m2, ll2);
     if (lane == 0) {
-      const float l = p.lse[base + i];
       p.delta[base + i] = acc;
-      p.lse2[base + i] = l == -INFINITY ? INFINITY : l * kLog2e;
+      p.lse2[base + i] = m2;
+      p.ll2[base + i] = ll2;
     }
   }
 }
@@ -803,12 +848,13 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const BwdParams p
   cp_async_commit();
 
   const int64_t sbase = stats_base(c, b, h, s.q_start);
-  float lse2[2], dlt[2];
+  float lse2[2], ll2[2], dlt[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int i = row_g + r * 8;
     const bool in = i < s.sq;
     lse2[r] = in ? p.lse2[sbase + i] : INFINITY;  // +inf: probabilities 0
+    ll2[r] = in ? p.ll2[sbase + i] : 0.f;
     dlt[r] = in ? p.delta[sbase + i] : 0.f;
   }
 
@@ -845,7 +891,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const BwdParams p
     for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float pr = prob_bwd(sc[0][nt][e], lse2[e >> 1]);
+        const float pr = prob_bwd(sc[0][nt][e], lse2[e >> 1], ll2[e >> 1]);
         sc[0][nt][e] = pr * (dp[0][nt][e] - dlt[e >> 1]);
       }
     }
@@ -875,8 +921,8 @@ struct DkvCfg {
   static constexpr int kKVBytes = BN * D * 2;
   static constexpr int kRowBytes = BM * D * 2;
   static constexpr int kStatBytes = BM * 4;
-  // K, V, then per stage: Q, dO; then per stage: lse2, delta
-  static constexpr int kSmem = 2 * kKVBytes + 4 * kRowBytes + 4 * kStatBytes;
+  // K, V, then per stage: Q, dO; then per stage: lse2, delta, ll2
+  static constexpr int kSmem = 2 * kKVBytes + 4 * kRowBytes + 6 * kStatBytes;
   using Bias = BiasTile<16, BM>;  // [key][query]
   static constexpr int kSmemBias = kSmem + 4 * Bias::kBytes;
 };
@@ -912,7 +958,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const BwdParams
   const uint32_t sdO = sQ + 2 * Cfg::kRowBytes;    // [2]
   const uint32_t sL = sdO + 2 * Cfg::kRowBytes;    // [2] lse2 of the tile's rows
   const uint32_t sDl = sL + 2 * Cfg::kStatBytes;   // [2] delta
-  const uint32_t sB = sDl + 2 * Cfg::kStatBytes + warp * Cfg::Bias::kBytes;  // with a bias only
+  const uint32_t sLl = sDl + 2 * Cfg::kStatBytes;  // [2] ll2
+  const uint32_t sB = sLl + 2 * Cfg::kStatBytes + warp * Cfg::Bias::kBytes;  // with a bias only
   const bool has_bias = c.bias != nullptr;
 
   load_tile<T, BN, C>(sK, head_ptr<T>(p.k, c, b, s.k_start, hk) + static_cast<int64_t>(n0) * p.k.s, p.k.s,
@@ -929,13 +976,13 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const BwdParams
     load_tile<T, BM, C>(sQ + stage * Cfg::kRowBytes, qp, p.q.s, s.sq - m0, c.vec, tid);
     load_tile<T, BM, C>(sdO + stage * Cfg::kRowBytes, dop, p.dout.s, s.sq - m0, c.vec, tid);
     const int64_t sbase = stats_base(c, b, h, s.q_start);
-    for (int idx = tid; idx < 2 * BM; idx += kThreads) {
-      const int which = idx / BM, r = idx % BM, i = m0 + r;
-      const uint32_t dst = (which ? sDl : sL) + stage * Cfg::kStatBytes + r * 4;
+    for (int idx = tid; idx < 3 * BM; idx += kThreads) {
+      const int which = idx / BM, r = idx % BM, i = m0 + r;  // which: lse2, delta, ll2
+      const uint32_t dst = (which == 0 ? sL : which == 1 ? sDl : sLl) + stage * Cfg::kStatBytes + r * 4;
       if (i < s.sq) {
-        cp_async_4(dst, (which ? p.delta : p.lse2) + sbase + i);
+        cp_async_4(dst, (which == 0 ? p.lse2 : which == 1 ? p.delta : p.ll2) + sbase + i);
       } else {
-        st_shared_b32(dst, which ? 0u : 0x7f800000u);  // delta 0, lse2 +inf
+        st_shared_b32(dst, which == 0 ? 0x7f800000u : 0u);  // lse2 +inf, delta and ll2 0
       }
     }
   };
@@ -988,6 +1035,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const BwdParams
       const int col = nt * 8 + 2 * (lane & 3);  // query m0 + col (+1)
       const float2 l2 = ld_shared_v2f(sL + stage * Cfg::kStatBytes + col * 4);
       const float2 dl = ld_shared_v2f(sDl + stage * Cfg::kStatBytes + col * 4);
+      const float2 ll = ld_shared_v2f(sLl + stage * Cfg::kStatBytes + col * 4);
       float2 bv[2] = {make_float2(0.f, 0.f), make_float2(0.f, 0.f)};
       if (has_bias) {
         bv[0] = bias_at<BM>(sB, lane >> 2, col);
@@ -1002,7 +1050,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const BwdParams
           x = fmaf((e & 1) ? bv[r].y : bv[r].x, kLog2e, x);
           if (i < qlo[r] || i > qhi[r]) x = -INFINITY;
         }
-        const float pr = prob_bwd(x, (e & 1) ? l2.y : l2.x);
+        const float pr = prob_bwd(x, (e & 1) ? l2.y : l2.x, (e & 1) ? ll.y : ll.x);
         st[0][nt][e] = pr;
         dpt[0][nt][e] = pr * (dpt[0][nt][e] - ((e & 1) ? dl.y : dl.x));
       }
@@ -1230,7 +1278,7 @@ int64_t attention_bwd_workspace_floats(const AttnBwdArgs& a, int device) {
   (void)device;
   check_params(a.p, "attention_bwd_cuda");
   if (a.p.batch <= 0) return 0;
-  return 2 * stats_rows(a.p);
+  return 3 * stats_rows(a.p);
 }
 
 void attention_bwd(const AttnBwdArgs& a, float* workspace, int64_t workspace_floats, int device, uintptr_t stream) {
@@ -1249,7 +1297,7 @@ void attention_bwd(const AttnBwdArgs& a, float* workspace, int64_t workspace_flo
   check_tensor(a.dk.ptr, kwork, op, "dk");
   check_tensor(a.dv.ptr, kwork, op, "dv");
   const int64_t rows = p.batch > 0 ? stats_rows(p) : 0;
-  const int64_t need = 2 * rows;
+  const int64_t need = 3 * rows;
   TF_CHECK_ARG(workspace_floats >= need, op, ": workspace has ", workspace_floats, " floats, needs ", need,
                " (attention_bwd_workspace_floats)");
   TF_CHECK_ARG(need == 0 || workspace != nullptr, op, ": workspace is a null pointer");
@@ -1274,6 +1322,7 @@ void attention_bwd(const AttnBwdArgs& a, float* workspace, int64_t workspace_flo
   bp.lse = a.lse;
   bp.lse2 = workspace;
   bp.delta = workspace + rows;
+  bp.ll2 = workspace + 2 * rows;
   bp.head_dim = static_cast<int>(p.head_dim);
 
   const cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
