@@ -141,33 +141,44 @@ void bwd_kv_block_t(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, 
   store_rows(w.dv, Dp, nj, D, 1.f, head_of<T>(a.dv, b, s.k_off + j0, hk), a.dv.seq_stride);
 }
 
-// Two-pass scheme, pass 2: dQ for query rows [i0, i1) of q head h.
-template <class T>
-void bwd_q_block_t(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, int64_t b, int64_t h, int64_t i0,
-                   int64_t i1, float* ws) {
-  const AttnParams& p = a.p;
-  const Ctx c(p, s, b, h);
-  const int64_t D = c.D, ni = i1 - i0, np = round_up(ni, Vec::W);
-  const int64_t hk = h / (p.heads_q / p.heads_k);
-  Ws w;
-  carve(ws, D, true, kBK, 0, &w);
+// dQ of query rows [i0, i0 + ni) of the Ctx's q head over its band of keys, the loop both schemes share;
+// KV_GRADS: also dV += P^T dO and dK += dS^T Q into w.dv / w.dk (rows = the sequence's keys, unscaled).
+template <bool KV_GRADS, class T>
+void q_block_grads(const AttnBwdArgs& a, const AttnSeq& s, const Ctx& c, const KV<T>& kv, const float* delta,
+                   int64_t b, int64_t h, int64_t i0, int64_t ni, const Ws& w) {
+  const int64_t D = c.D, Dp = round_up(D, Vec::W), np = round_up(ni, Vec::W);
   T* dq = head_of<T>(a.dq, b, s.q_off + i0, h);
-  const int64_t jlo = c.band.key_lo(i0), jhi = c.band.key_hi(i1 - 1);
+  const int64_t jlo = c.band.key_lo(i0), jhi = c.band.key_hi(i0 + ni - 1);
   if (jlo >= jhi) {
     zero_rows(dq, a.dq.seq_stride, ni, D);
     return;
   }
-  KV<T> kv(a.k, a.v, b, s.k_off, hk, D, w);
-  if (pack_q_block<T>(a, s, delta, b, h, i0, ni, np, false, w)) huge_rows(c, kv, i0, ni, np, w);
+  if (pack_q_block<T>(a, s, delta, b, h, i0, ni, np, KV_GRADS, w)) huge_rows(c, kv, i0, ni, np, w);
   for (int64_t d = 0; d < D; ++d)
     for (int64_t ii = 0; ii < np; ++ii) w.ot[d * kBQ + ii] = 0.f;
   for (int64_t j0 = jlo; j0 < jhi; j0 += kBK) {
     const int64_t nj = min64(kBK, jhi - j0);
     const Rows kf = kv.krows(j0, nj), vf = kv.vrows(j0, nj);
     probs_and_dscores(c, i0, ni, np, j0, nj, kf, vf, w);
+    if constexpr (KV_GRADS) {
+      gemm<kAdd, true>(nj, Dp, ni, w.st, kBQ, w.don, Dp, w.dv + j0 * Dp, Dp);   // dV += P^T dO
+      gemm<kAdd, true>(nj, Dp, ni, w.dpt, kBQ, w.qn, Dp, w.dk + j0 * Dp, Dp);  // dK += dS^T Q
+    }
     gemm<kAdd, false>(D, np, nj, kf.p, kf.ld, w.dpt, kBQ, w.ot, kBQ);  // dQ^T += K^T dS^T (scale below)
   }
-  transpose<float, T, false>(w.ot, kBQ, dq, a.dq.seq_stride, D, ni, p.softmax_scale, nullptr);
+  transpose<float, T, false>(w.ot, kBQ, dq, a.dq.seq_stride, D, ni, a.p.softmax_scale, nullptr);
+}
+
+// Two-pass scheme, pass 2: dQ for query rows [i0, i1) of q head h.
+template <class T>
+void bwd_q_block_t(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, int64_t b, int64_t h, int64_t i0,
+                   int64_t i1, float* ws) {
+  const AttnParams& p = a.p;
+  const Ctx c(p, s, b, h);
+  const int64_t D = c.D, hk = h / (p.heads_q / p.heads_k);
+  Ws w;
+  carve(ws, D, true, kBK, 0, &w);
+  q_block_grads<false, T>(a, s, c, KV<T>(a.k, a.v, b, s.k_off, hk, D, w), delta, b, h, i0, i1 - i0, w);
 }
 
 // Single pass over kv head hk of sequence b (the q heads of its group, every query block, every key block in
@@ -186,27 +197,8 @@ void bwd_head_t(const AttnBwdArgs& a, const AttnSeq& s, const float* delta, int6
   if (pack && sk > 0) kv.pack(0, sk, w);
   for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
     const Ctx c(p, s, b, h);
-    for (int64_t i0 = 0; i0 < s.sq; i0 += kBQ) {
-      const int64_t i1 = min64(i0 + kBQ, s.sq), ni = i1 - i0, np = round_up(ni, Vec::W);
-      T* dq = head_of<T>(a.dq, b, s.q_off + i0, h);
-      const int64_t jlo = c.band.key_lo(i0), jhi = c.band.key_hi(i1 - 1);
-      if (jlo >= jhi) {
-        zero_rows(dq, a.dq.seq_stride, ni, D);
-        continue;
-      }
-      if (pack_q_block<T>(a, s, delta, b, h, i0, ni, np, true, w)) huge_rows(c, kv, i0, ni, np, w);
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t ii = 0; ii < np; ++ii) w.ot[d * kBQ + ii] = 0.f;
-      for (int64_t j0 = jlo; j0 < jhi; j0 += kBK) {
-        const int64_t nj = min64(kBK, jhi - j0);
-        const Rows kf = kv.krows(j0, nj), vf = kv.vrows(j0, nj);
-        probs_and_dscores(c, i0, ni, np, j0, nj, kf, vf, w);
-        gemm<kAdd, true>(nj, Dp, ni, w.st, kBQ, w.don, Dp, w.dv + j0 * Dp, Dp);   // dV += P^T dO
-        gemm<kAdd, true>(nj, Dp, ni, w.dpt, kBQ, w.qn, Dp, w.dk + j0 * Dp, Dp);  // dK += dS^T Q
-        gemm<kAdd, false>(D, np, nj, kf.p, kf.ld, w.dpt, kBQ, w.ot, kBQ);        // dQ^T += K^T dS^T
-      }
-      transpose<float, T, false>(w.ot, kBQ, dq, a.dq.seq_stride, D, ni, p.softmax_scale, nullptr);
-    }
+    for (int64_t i0 = 0; i0 < s.sq; i0 += kBQ)
+      q_block_grads<true, T>(a, s, c, kv, delta, b, h, i0, min64(kBQ, s.sq - i0), w);
   }
   store_rows(w.dk, Dp, sk, D, p.softmax_scale, head_of<T>(a.dk, b, s.k_off, hk), a.dk.seq_stride);
   store_rows(w.dv, Dp, sk, D, 1.f, head_of<T>(a.dv, b, s.k_off, hk), a.dv.seq_stride);
