@@ -171,42 +171,24 @@ inline T __ldcg(const T* p) {
 // ---------------------------------------------------------------------------
 // Atomics: one fiber runs at a time and none is preempted, so plain read-modify-write is atomic.
 
-template <class T>
-inline T atomicAdd(T* p, T v) {
+template <class T, class F>
+inline T tf_emu_rmw(T* p, F f) {
   const T old = *p;
-  *p = old + v;
+  *p = f(old);
   return old;
 }
 template <class T>
-inline T atomicSub(T* p, T v) {
-  const T old = *p;
-  *p = old - v;
-  return old;
-}
+inline T atomicAdd(T* p, T v) { return tf_emu_rmw(p, [v](T o) { return o + v; }); }
 template <class T>
-inline T atomicMax(T* p, T v) {
-  const T old = *p;
-  *p = old < v ? v : old;
-  return old;
-}
+inline T atomicSub(T* p, T v) { return tf_emu_rmw(p, [v](T o) { return o - v; }); }
 template <class T>
-inline T atomicMin(T* p, T v) {
-  const T old = *p;
-  *p = v < old ? v : old;
-  return old;
-}
+inline T atomicMax(T* p, T v) { return tf_emu_rmw(p, [v](T o) { return o < v ? v : o; }); }
 template <class T>
-inline T atomicExch(T* p, T v) {
-  const T old = *p;
-  *p = v;
-  return old;
-}
+inline T atomicMin(T* p, T v) { return tf_emu_rmw(p, [v](T o) { return v < o ? v : o; }); }
 template <class T>
-inline T atomicCAS(T* p, T cmp, T v) {
-  const T old = *p;
-  if (old == cmp) *p = v;
-  return old;
-}
+inline T atomicExch(T* p, T v) { return tf_emu_rmw(p, [v](T) { return v; }); }
+template <class T>
+inline T atomicCAS(T* p, T cmp, T v) { return tf_emu_rmw(p, [cmp, v](T o) { return o == cmp ? v : o; }); }
 
 // ---------------------------------------------------------------------------
 // Warp shuffles and votes (shfl.sync / vote.sync): a rendezvous of the warp's 32 lanes. All lanes
