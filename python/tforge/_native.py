@@ -106,6 +106,17 @@ class Out:
         self.t = t
 
 
+class Args:
+    """An op's native argument struct (csrc/common/<op>_args.h, bound by csrc/bind/args.h), filled by
+    field name when the call is made: Args(C.NormFwdArgs, x=Strided(x), rows=m, ...). Tensor fields
+    become addresses as in call(); an unknown field name is an AttributeError from the binding."""
+    __slots__ = ("cls", "fields")
+
+    def __init__(self, cls, **fields):
+        self.cls = cls
+        self.fields = fields
+
+
 _SCALARS = (int, float, bool, str)
 
 
@@ -136,12 +147,17 @@ def _arg(a, keep: list):
         return tuple(_arg(x, keep) for x in a)
     if cls is dict:
         return {k: _arg(v, keep) for k, v in a.items()}
+    if cls is Args:
+        struct = a.cls()
+        for name, value in a.fields.items():
+            setattr(struct, name, _arg(value, keep))
+        return struct
     return a
 
 
 def call(fn, *args, **kwargs):
-    """fn(*args, **kwargs), a tforge._C entry, with every tensor (also inside tuples and dicts) turned into
-    its data pointer: the one place where tensors cross into the native layer. A plain tensor is read
+    """fn(*args, **kwargs), a tforge._C entry, with every tensor (also inside tuples, dicts and Args
+    structs) turned into its data pointer: the one place where tensors cross into the native layer. A plain tensor is read
     densely, so it is made contiguous first; Strided(t) goes as is (its strides are among the arguments);
     Out(t) is a dense output and must already be contiguous; None is a null pointer."""
     keep: list = []
