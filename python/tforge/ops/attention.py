@@ -219,13 +219,18 @@ def _fwd_native(q, k, v, bias, cu_q, cu_k, max_q, max_k, scale, causal, window, 
 
 
 def _bwd_native(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, causal, window, deterministic,
-                device_kind):
+                device_kind, into: Optional[Tuple[Tensor, Tensor, Tensor]] = None):
+    """into: preallocated (possibly strided) dq, dk, dv to write (attention_qkvpacked's views of one
+    gradient); zero-filled by the caller for varlen on CUDA, as below."""
     C = _native.require()
     varlen = cu_q is not None
-    alloc = torch.zeros if varlen and device_kind == "cuda" else torch.empty  # as in the forward
-    dq = alloc(q.shape, dtype=q.dtype, device=q.device)
-    dk = alloc(k.shape, dtype=k.dtype, device=k.device)
-    dv = alloc(v.shape, dtype=v.dtype, device=v.device)
+    if into is not None:
+        dq, dk, dv = into
+    else:
+        alloc = torch.zeros if varlen and device_kind == "cuda" else torch.empty  # as in the forward
+        dq = alloc(q.shape, dtype=q.dtype, device=q.device)
+        dk = alloc(k.shape, dtype=k.dtype, device=k.device)
+        dv = alloc(v.shape, dtype=v.dtype, device=v.device)
     params, _bias = _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window)
     args = dict(q=_desc(q, varlen), k=_desc(k, varlen), v=_desc(v, varlen), out=_desc(out, varlen),
                 dout=_desc(dout, varlen), lse=lse, dq=_desc(dq, varlen), dk=_desc(dk, varlen),
