@@ -4,7 +4,7 @@ to_dict()/from_dict() round trip (used by checkpoints and the CLI)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
 
@@ -61,16 +61,17 @@ class GPTConfig(_ConfigMixin):
     residual branches (attention probabilities are not dropped).
     """
     vocab_size: int = 50304
-    n_layer: int = 12
-    n_head: int = 12
-    d_model: int = 768
+    # help texts are read by `tforge pretrain`'s [model] section (tforge.commands.config.like)
+    n_layer: int = field(default=12, metadata={"help": "Transformer blocks"})
+    n_head: int = field(default=12, metadata={"help": "attention heads (d_model must be a multiple)"})
+    d_model: int = field(default=768, metadata={"help": "embedding / residual width"})
     n_kv_head: Optional[int] = None
     d_ff: Optional[int] = None
     max_seq_len: int = 1024
     pos: str = "rotary"
     norm: str = "layer"
     bias: bool = False
-    dropout: float = 0.0
+    dropout: float = field(default=0.0, metadata={"help": "dropout on embeddings and residual branches"})
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     mlp: str = "gelu"
