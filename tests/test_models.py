@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tforge
 from tforge.models import (BertConfig, BertEncoder, BertForMaskedLM, BertForSequenceClassification, GPT, GPTConfig,
                            ModelOutput, apply_lora, load_hf_bert, merge_lora)
 from tforge.models.gpt import shift_labels
@@ -524,7 +525,7 @@ def test_apply_lora_gpt_freeze_merge():
     assert (adapted - before).abs().max() > 1e-3
     assert len(merge_lora(model)) == 4
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    assert type(model.blocks[0].attn.qkv) is torch.nn.Linear
+    assert type(model.blocks[0].attn.qkv) is tforge.nn.Linear  # the base's class (config.linear "tforge")
     _close(model(ids).logits, adapted, atol=1e-5, name="merged LoRA")
     assert "blocks.0.attn.qkv.weight" in model.state_dict()
 

@@ -1,5 +1,5 @@
 """tforge's models: a GPT-style decoder and a BERT-style encoder built from
-tforge.nn / tforge ops and plain torch.nn.Linear, their configs, HF BERT
+tforge.nn modules and public tforge ops, their configs, HF BERT
 loading and LoRA helpers. Every model returns a ModelOutput(loss, logits)."""
 from tforge.models.bert import BertEncoder, BertForMaskedLM, BertForSequenceClassification
 from tforge.models.config import BertConfig, GPTConfig

@@ -1,18 +1,18 @@
 """BERT-style encoder (post-norm, as the original BERT / HF BertModel) built from
-tforge's ops and plain torch.nn.Linear projections, with masked-LM and
-sequence-classification heads.
+tforge.nn modules (Attention, LayerNorm, the Linear class config.linear names), with
+masked-LM and sequence-classification heads.
 
 Every input form runs on packed tokens: a padded batch with attention_mask is
 unpadded first (only real tokens are embedded, projected and attended, with
-tforge.attention_varlen), a packed batch (cu_seqlens) is used as is. Results at
+varlen attention), a packed batch (cu_seqlens) is used as is. Results at
 real tokens equal HF BertModel's for the same weights (positions follow the
 column for padded input, as HF does, and restart at 0 in every packed
-sequence). State-dict keys follow HF's names except that query/key/value are one
-fused ``attention.self.qkv`` Linear; tforge.models.hf.load_hf_bert maps HF folders.
+sequence). State-dict keys follow HF's names except in self-attention, a
+tforge.nn.Attention: query/key/value are one fused ``attention.self.qkv`` Linear and
+the output dense is ``attention.self.o`` (tforge.models.hf.load_hf_bert maps HF
+folders; state dicts with the earlier ``attention.output.dense`` load too).
 Attention-probability dropout is not applied (tforge's kernels have none); hidden
-dropout is. On CPU in eager mode the layers take tforge.models.gpt's fast paths (oneDNN
-Linear for fp32, attention from the fused qkv whose backward writes one gradient, the
-chunked cross-entropy for the MLM loss); see that module's docstring.
+dropout is.
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tforge.models.config import BertConfig
-from tforge.models.gpt import IGNORE_INDEX, _QKVAttention, _qkv_attention_ok, add_norm, check_cu_seqlens, linear, \
-    lm_loss, resolve_max_seqlen
+from tforge.models.loss import lm_loss
 from tforge.models.output import ModelOutput
-from tforge.nn.norm import LayerNorm
+from tforge.models.parts import IGNORE_INDEX, check_cu_seqlens, linear_class, resolve_max_seqlen
+from tforge.nn.attention import Attention
+from tforge.nn.norm import LayerNorm, add_norm
 from tforge.nn.rotary import positions_from_cu_seqlens
-from tforge.ops.attention import attention_varlen
 
 
 def _dropout(p: float) -> torch.nn.Module:
@@ -117,33 +117,48 @@ class BertEmbeddings(torch.nn.Module):
         return self.dropout(h)
 
 
-class BertSelfAttention(torch.nn.Module):
+class BertAddNorm(torch.nn.Module):
+    """dropout, residual add and LayerNorm after a branch (HF's BertSelfOutput / BertOutput without
+    their dense, which is attention.self.o for attention)."""
+
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.qkv = torch.nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.qkv.lora_segments = (("q", cfg.d_model), ("k", cfg.d_model), ("v", cfg.d_model))
-
-
-class BertSelfOutput(torch.nn.Module):
-    def __init__(self, cfg: BertConfig, width: int, role: str):
-        super().__init__()
-        self.dense = torch.nn.Linear(width, cfg.d_model)
-        self.dense.lora_role = role
         self.LayerNorm = LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.dropout = _dropout(cfg.dropout)
 
+    def forward(self, branch: Tensor, residual: Tensor) -> Tensor:
+        return add_norm(self.dropout(branch), residual, self.LayerNorm)[0]
+
+
+class BertOutput(BertAddNorm):
+    def __init__(self, cfg: BertConfig):
+        super().__init__(cfg)
+        self.dense = linear_class(cfg.linear)(cfg.d_ff, cfg.d_model)
+        self.dense.lora_role = "proj"
+
 
 class BertAttention(torch.nn.Module):
+    """Bidirectional tforge.nn.Attention (``self``: qkv and o) and the add & LayerNorm after it."""
+
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.self = BertSelfAttention(cfg)
-        self.output = BertSelfOutput(cfg, cfg.d_model, "o")
+        self.self = Attention(cfg.d_model, cfg.n_head, bias=True, causal=False, linear=linear_class(cfg.linear))
+        self.output = BertAddNorm(cfg)
+        self.register_load_state_dict_pre_hook(_rename_output_dense)
+
+
+def _rename_output_dense(module, state_dict, prefix, *args) -> None:
+    """Load pre-hook: the attention's output dense was attention.output.dense (HF's name) before it
+    was the Attention module's o."""
+    old = prefix + "output.dense."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "self.o." + key[len(old):]] = state_dict.pop(key)
 
 
 class BertIntermediate(torch.nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = torch.nn.Linear(cfg.d_model, cfg.d_ff)
+        self.dense = linear_class(cfg.linear)(cfg.d_model, cfg.d_ff)
         self.dense.lora_role = "fc"
 
 
@@ -152,26 +167,15 @@ class BertLayer(torch.nn.Module):
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         self.attention = BertAttention(cfg)
         self.intermediate = BertIntermediate(cfg)
-        self.output = BertSelfOutput(cfg, cfg.d_ff, "proj")
+        self.output = BertOutput(cfg)
         self.act = _act(cfg.activation)
 
     def forward(self, h: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
-        n, H = h.shape[0], self.n_head
-        qkv = linear(self.attention.self.qkv, h).view(n, 3 * H, self.head_dim)
-        if _qkv_attention_ok(qkv):  # CPU eager: dq, dk, dv land in one gradient (no cat)
-            a = _QKVAttention.apply(qkv, None, None, cu_seqlens, max_seqlen, H, H, False)
-        else:
-            q, k, v = qkv.split([H, H, H], dim=1)
-            a = attention_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen)
-        out = self.attention.output
-        h, _ = add_norm(out.dropout(linear(out.dense, a.reshape(n, H * self.head_dim))), h, out.LayerNorm)
-        out = self.output
-        m = linear(out.dense, self.act(linear(self.intermediate.dense, h)))
-        h, _ = add_norm(out.dropout(m), h, out.LayerNorm)
-        return h
+        a = self.attention.self(h, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        h = self.attention.output(a, h)
+        return self.output(self.output.dense(self.act(self.intermediate.dense(h))), h)
 
 
 class _Layers(torch.nn.Module):
@@ -183,7 +187,7 @@ class _Layers(torch.nn.Module):
 class BertPooler(torch.nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = torch.nn.Linear(cfg.d_model, cfg.d_model)
+        self.dense = linear_class(cfg.linear)(cfg.d_model, cfg.d_model)
 
     def forward(self, first_tokens: Tensor) -> Tensor:
         return torch.tanh(self.dense(first_tokens))
@@ -260,7 +264,7 @@ class BertEncoder(torch.nn.Module):
 class _PredictionTransform(torch.nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = torch.nn.Linear(cfg.d_model, cfg.d_model)
+        self.dense = linear_class(cfg.linear)(cfg.d_model, cfg.d_model)
         self.LayerNorm = LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
 
 
@@ -268,7 +272,7 @@ class _Predictions(torch.nn.Module):
     def __init__(self, cfg: BertConfig, word_embeddings: torch.nn.Embedding):
         super().__init__()
         self.transform = _PredictionTransform(cfg)
-        self.decoder = torch.nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.decoder = linear_class(cfg.linear)(cfg.d_model, cfg.vocab_size)
         self.decoder.weight = word_embeddings.weight  # tied, as BERT
         self.bias = self.decoder.bias  # HF keeps both names for the one bias
 
@@ -301,7 +305,7 @@ class BertForMaskedLM(torch.nn.Module):
 
     def head(self, h: Tensor) -> Tensor:
         t = self.cls.predictions.transform
-        return linear(self.cls.predictions.decoder, t.LayerNorm(self.act(linear(t.dense, h))))
+        return self.cls.predictions.decoder(t.LayerNorm(self.act(t.dense(h))))
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
                 token_type_ids: Optional[Tensor] = None, labels: Optional[Tensor] = None,
@@ -344,7 +348,7 @@ class BertForSequenceClassification(torch.nn.Module):
         self.bert = BertEncoder(config, add_pooler=True)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.dropout
         self.dropout = _dropout(p)
-        self.classifier = torch.nn.Linear(config.d_model, num_labels)
+        self.classifier = linear_class(config.linear)(config.d_model, num_labels)
         _init_bert(self.classifier)
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,

