@@ -49,6 +49,7 @@ bench: install
 	$(PYBIN) benchmarks/bench_rms_norm.py
 	$(PYBIN) benchmarks/bench_attention.py
 	$(PYBIN) benchmarks/bench_int8_gemm.py
+	$(PYBIN) benchmarks/bench_sparse24.py
 
 demo: install
 	$(VENV)/bin/tforge demo
