@@ -1,4 +1,5 @@
-"""TrainConfig: every knob of the training loop in one JSON-able dataclass.
+"""TrainConfig: every knob of the training loop in one JSON-able dataclass,
+each field with its help text (which the `tforge` verbs' [train] sections reuse).
 
 The config is stored in each checkpoint (trainer.json) so a resumed run can be
 checked against the one that wrote it; `from_dict` ignores unknown keys so an
@@ -8,12 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
 AUTOCAST_MODES = ("off", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 EARLY_STOP_MODES = ("min", "max")
+
+
+def _setting(default: Any, help: str) -> Any:
+    # the help text is read by the CLI config sections built on these fields (tforge.commands.config.like)
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -26,33 +32,34 @@ class TrainConfig:
     log_every) switch the action off (a final checkpoint is still written).
     """
 
-    lr: float = 3e-4
-    min_lr: Optional[float] = None          # None: 0.1 * lr
-    weight_decay: float = 0.1
-    betas: Tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    max_steps: int = 1000
-    grad_accum: int = 1
-    clip_grad: Optional[float] = 1.0        # None or 0: no clipping (the norm is still recorded)
-    autocast: str = "off"                   # "off" | "bf16" (GPU, or CPU on request)
-    compile: bool = False                   # torch.compile the model
-    eval_every: int = 0
-    save_every: int = 0
-    keep_last: int = 3
-    seed: int = 0
-    log_every: int = 10
-    out_dir: str = "runs/default"
-    early_stop_patience: Optional[int] = None   # evals without improvement before stopping
-    early_stop_metric: str = "loss"
-    early_stop_mode: str = "min"            # "min" (loss) | "max" (accuracy, macro_f1)
-    restore_best: bool = True               # load the best weights back when early stopping is on
-    max_bad_steps: int = 5                  # consecutive non-finite steps before TrainingAborted
-    progress: bool = True
-    strategy: str = "ddp"                   # "ddp" | "fsdp" (FSDP2 fully_shard) under torchrun
-    device: Optional[str] = None            # None: cuda:<local_rank> when available, else cpu
-    tensorboard: bool = True                # when torch.utils.tensorboard is importable
-    history_keep: int = 10000               # history entries kept in trainer.json
+    lr: float = _setting(3e-4, "peak learning rate (after warmup)")
+    min_lr: Optional[float] = _setting(None, "learning rate the cosine ends at (None: 0.1 * lr)")
+    weight_decay: float = _setting(0.1, "AdamW weight decay (of weights with 2+ dimensions; biases and norms get none)")
+    betas: Tuple[float, float] = _setting((0.9, 0.95), "AdamW betas")
+    eps: float = _setting(1e-8, "AdamW epsilon")
+    warmup_steps: int = _setting(0, "linear warmup steps")
+    max_steps: int = _setting(1000, "optimizer steps")
+    grad_accum: int = _setting(1, "micro-batches per optimizer step")
+    clip_grad: Optional[float] = _setting(1.0, "gradient norm clipping (0 = none; the norm is still recorded)")
+    autocast: str = _setting("off", "off or bf16 (GPU, or CPU on request)")
+    compile: bool = _setting(False, "torch.compile the model")
+    eval_every: int = _setting(0, "steps between evaluations (0 = none)")
+    save_every: int = _setting(0, "steps between checkpoints (0 = only at the end)")
+    keep_last: int = _setting(3, "step checkpoints kept (older ones are deleted; 0 = all)")
+    seed: int = _setting(0, "seed of the weights, data order and dropout")
+    log_every: int = _setting(10, "steps between logged training metrics (0 = none)")
+    out_dir: str = _setting("runs/default", "run folder: checkpoints, metrics.jsonl")
+    early_stop_patience: Optional[int] = _setting(None, "evaluations without improvement before stopping "
+                                                        "(None: never stop early)")
+    early_stop_metric: str = _setting("loss", "eval metric that early stopping and best/ follow")
+    early_stop_mode: str = _setting("min", "min (loss) or max (accuracy, macro_f1)")
+    restore_best: bool = _setting(True, "load the best weights back when early stopping is on")
+    max_bad_steps: int = _setting(5, "consecutive non-finite steps before TrainingAborted")
+    progress: bool = _setting(True, "progress bar (on a terminal, rank 0)")
+    strategy: str = _setting("ddp", "ddp or fsdp (FSDP2 fully_shard) under torchrun")
+    device: Optional[str] = _setting(None, "None: cuda:<local_rank> when available, else cpu")
+    tensorboard: bool = _setting(True, "write TensorBoard events when torch.utils.tensorboard is importable")
+    history_keep: int = _setting(10000, "history entries kept in trainer.json")
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # JSON gives lists back

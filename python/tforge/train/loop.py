@@ -13,23 +13,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from tforge.train import distributed as tdist
-from tforge.train.checkpoint import (CheckpointError, find_checkpoint, read_checkpoint, restore_rng_from_bytes,
-                                     rng_state_bytes, save_checkpoint, _json_bytes)
+from tforge.train.checkpoint import read_checkpoint, rng_state_bytes, save_checkpoint, _json_bytes
 from tforge.train.config import TrainConfig
 from tforge.train.metrics import MetricsLogger, ProgressBar
 from tforge.train.optim import build_optimizer, build_schedule
+from tforge.train.trainer_state import (gather_state, load_model_state, restore, resume_or_seed, seed_everything,
+                                        trainer_state)
 
 log = logging.getLogger("tforge.train")
 
@@ -74,18 +72,13 @@ def _resolve_count_tokens() -> Callable[[Mapping[str, Any]], int]:
     return count
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy's and python's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
 class Trainer:
     """Trains `model` on `train_data` (an iterable of dict batches, each
     passed as model(**batch); optional state_dict()/load_state_dict()/set_epoch())
     according to `config`. eval_fn(model) -> dict of floats is called every
-    eval_every steps (model in eval mode, no grad).
+    eval_every steps (model in eval mode, no grad); the Trainer reports the
+    results (progress bar, or the "tforge.train" log without one) and records
+    them in the history and metrics.jsonl.
 
     Under torchrun the process group is joined here (tforge.train.distributed.
     init_from_env) and the model is wrapped in DDP or FSDP2 (config.strategy);
@@ -159,7 +152,7 @@ class Trainer:
         stop_at = cfg.max_steps if until_step is None else min(cfg.max_steps, until_step)
         continuing = self._data_iter is not None and not resume  # a second fit() on this trainer
         if not continuing:
-            self._resume_or_seed(resume)
+            resume_or_seed(self, resume)
         logger = MetricsLogger(self.out_dir, enabled=self.is_main, tensorboard=cfg.tensorboard)
         if self.resumed_from is not None and not continuing:
             logger.truncate_after(self.step)  # steps after the checkpoint are about to be redone
@@ -187,7 +180,12 @@ class Trainer:
                     results = self._evaluate_and_track()
                     record.update({f"eval_{k}": v for k, v in results.items()})
                     logger.log({f"eval/{k}": v for k, v in results.items()}, step=self.step)
-                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+                    message = f"step {self.step}/{cfg.max_steps} eval: " + ", ".join(
+                        f"{k} {v:.4g}" for k, v in results.items())
+                    if bar.active:
+                        bar.write(message)
+                    elif self.is_main:  # piped output: the results go to the log beside the step lines
+                        log.info(message)
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save()
             if self.last_saved_step != self.step:
@@ -222,7 +220,7 @@ class Trainer:
         step-XXXXXXXX directory and the `latest` pointer; else root/<name>
         holding the model and trainer state only (used for best/)."""
         full = name is None
-        model_state, optim_state = self._gather_state(optimizer=full)
+        model_state, optim_state = gather_state(self, optimizer=full)
         rng_blobs = tdist.all_gather_bytes(rng_state_bytes())
         data_states = None
         if full and hasattr(self.train_data, "state_dict"):
@@ -232,7 +230,7 @@ class Trainer:
         if self.is_main:
             path = save_checkpoint(self.out_dir, self.step, model_state=model_state, optimizer_state=optim_state,
                                    scheduler=self.scheduler, data_state=data_states[0] if data_states else None,
-                                   extra=self._trainer_state(data_states), keep_last=self.config.keep_last,
+                                   extra=trainer_state(self, data_states), keep_last=self.config.keep_last,
                                    rng_blobs=rng_blobs, name=name)
         tdist.barrier()
         if full:
@@ -242,7 +240,7 @@ class Trainer:
     def load_best(self) -> None:
         """Load the weights of out_dir/best into the model."""
         contents = read_checkpoint(self.out_dir / BEST_DIR)
-        self._load_model_state(contents.model_state)
+        load_model_state(self, contents.model_state)
 
     # ---------------------------------------------------------------- one step
 
@@ -381,118 +379,9 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
 
-    def _trainer_state(self, data_states: Optional[list]) -> dict[str, Any]:
-        model_config = getattr(self.model, "config", None)
-        return {"tokens_seen": self.tokens_seen, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-                "history": self.history[-self.config.history_keep:] if self.config.history_keep else [],
-                "bad_steps": self.bad_steps, "consecutive_bad_steps": self.consecutive_bad_steps,
-                "best_metric": self.best_metric, "best_step": self.best_step,
-                "evals_since_best": self.evals_since_best, "stopped_early": self.stopped_early,
-                "elapsed": self.elapsed, "world_size": self.world_size, "data_states": data_states,
-                "config": self.config.to_dict(),
-                "model_config": model_config.to_dict() if hasattr(model_config, "to_dict") else None}
-
-    def _gather_state(self, optimizer: bool = True) -> tuple[dict, Optional[dict]]:
-        if tdist.is_fsdp(self.model):
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                                 get_optimizer_state_dict)
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model_state = get_model_state_dict(self.model, options=opts)
-            optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=opts) if optimizer else None
-            return model_state, optim_state
-        return self.model.state_dict(), (self.optimizer.state_dict() if optimizer else None)
-
-    def _load_model_state(self, state: Optional[dict]) -> None:
-        if state is None:
-            raise CheckpointError("checkpoint has no model weights")
-        if tdist.is_fsdp(self.model):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-            set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
-        else:
-            try:
-                self.model.load_state_dict(state)
-            except RuntimeError as e:  # size mismatch: torch's message spans many lines
-                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-                why = "; ".join(lines[1:3]) or lines[0]
-                raise CheckpointError(f"checkpoint weights do not fit the model ({why}); was the model "
-                                      f"configuration changed since the checkpoint was written?") from None
-
-    def _resume_or_seed(self, resume: Union[bool, str, Path]) -> None:
-        if resume is False or resume is None:
-            seed_everything(self.config.seed + self.rank)
-            return
-        source = self.out_dir if resume is True else Path(resume)
-        ckpt = find_checkpoint(source)
-        if ckpt is None:
-            if resume is not True:
-                raise CheckpointError(f"resume: no checkpoint found at {source}")
-            written = [p.name for p in (source.iterdir() if source.is_dir() else [])
-                       if p.name in ("metrics.jsonl", "latest", "model") or p.name.startswith("step-")]
-            if written:  # starting fresh would overwrite that run's step-*, model/ and metrics.jsonl
-                raise CheckpointError(f"resume: {source} holds a run ({', '.join(sorted(written)[:4])}) but no "
-                                      f"checkpoint to resume from; start over in an empty folder")
-            if self.is_main:
-                log.info("resume: no checkpoint in %s, starting fresh", source)
-            seed_everything(self.config.seed + self.rank)
-            return
-        self.load(ckpt)
-
     def load(self, path: Union[str, Path]) -> None:
         """Restore everything from a checkpoint (all ranks call)."""
-        contents = read_checkpoint(path)
-        st = contents.trainer
-        self._load_model_state(contents.model_state)
-        if contents.optimizer_state is None:
-            raise CheckpointError(f"checkpoint {contents.path} has no optimizer state; cannot resume training")
-        if tdist.is_fsdp(self.model):
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-            set_optimizer_state_dict(self.model, self.optimizer, contents.optimizer_state,
-                                     options=StateDictOptions(full_state_dict=True))
-        else:
-            self.optimizer.load_state_dict(contents.optimizer_state)
-        if st.get("scheduler") is not None:
-            self.scheduler.load_state_dict(st["scheduler"])
-            # the schedule's shape follows the current config (max_steps may be extended on resume)
-            self.scheduler.warmup_steps = self.config.warmup_steps
-            self.scheduler.max_steps = self.config.max_steps
-            self.scheduler.min_lr_ratio = self.config.final_lr / self.config.lr
-            self.scheduler.load_state_dict(self.scheduler.state_dict())
-        self._warn_config_changes(st.get("config") or {})
-        self.step = int(st["step"])
-        self.tokens_seen = int(st.get("tokens_seen", 0))
-        self.epoch = int(st.get("epoch", 0))
-        self.batches_in_epoch = int(st.get("batches_in_epoch", 0))
-        self.history = list(st.get("history", []))
-        self.bad_steps = int(st.get("bad_steps", 0))
-        self.consecutive_bad_steps = int(st.get("consecutive_bad_steps", 0))
-        self.best_metric, self.best_step = st.get("best_metric"), st.get("best_step")
-        self.evals_since_best = int(st.get("evals_since_best", 0))
-        self.stopped_early = bool(st.get("stopped_early", False))
-        self.elapsed = float(st.get("elapsed", 0.0))
-        self.last_saved_step = self.step
-        self.resumed_from = contents.path
-        data_states = st.get("data_states")
-        if hasattr(self.train_data, "load_state_dict"):
-            if data_states and len(data_states) == self.world_size:
-                self._data_state_to_load = data_states[self.rank]
-            elif st.get("data_state") is not None:
-                self._data_state_to_load = st["data_state"]
-        restored = contents.rng is not None and restore_rng_from_bytes(contents.rng, self.rank)
-        if not restored:
-            warnings.warn(f"checkpoint {contents.path} has no RNG state for rank {self.rank} (written by "
-                          f"{st.get('world_size')} processes); reseeding, so the run will not repeat exactly")
-            seed_everything(self.config.seed + self.rank + self.step)
-        if self.is_main:
-            log.info("resumed from %s at step %d", contents.path, self.step)
-
-    def _warn_config_changes(self, saved: Mapping[str, Any]) -> None:
-        ignore = {"out_dir", "progress", "max_steps", "save_every", "eval_every", "log_every", "keep_last",
-                  "tensorboard", "device", "early_stop_patience", "history_keep"}
-        now = self.config.to_dict()
-        changed = [k for k, v in saved.items() if k not in ignore and k in now and now[k] != v]
-        if changed and self.is_main:
-            warnings.warn("resuming with a different config for " + ", ".join(
-                f"{k} ({saved[k]!r} -> {now[k]!r})" for k in changed))
+        restore(self, path)
 
 
 class _FSDPNoSync:
@@ -510,4 +399,4 @@ def _parse_json(data: bytes) -> Any:
     return json.loads(data)
 
 
-__all__ = ["Trainer", "TrainingAborted", "get_loss", "seed_everything", "BEST_DIR"]
+__all__ = ["Trainer", "TrainingAborted", "get_loss", "seed_everything", "BEST_DIR"]  # seed_everything: re-export
