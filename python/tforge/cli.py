@@ -3,10 +3,11 @@
     tforge pretrain | finetune | evaluate | predict | compress | demo | bench | info
 
 This module only builds the argument parsers; each verb's work lives in
-tforge.commands.<verb> (a DEFAULTS config, documented in the verb's --help,
-and run(cfg)). Config verbs take `--config FILE` (TOML), `--set
-section.key=value` (repeatable) and a few shortcuts, print the resolved config
-with --print-config, and write it into their run folder. Bad input (a missing
+tforge.commands.<verb>: CONFIG (its config dataclass, whose fields give the
+defaults, the --help text and the shortcut flags) and run(cfg). Config verbs
+take `--config FILE` (TOML), `--set section.key=value` (repeatable) and the
+shortcut flags, print the resolved config with --print-config, and write it
+into their run folder. Bad input (a missing
 run folder or file, an unknown config key, a bad value) ends with a one-line
 error and exit code 2; TFORGE_DEBUG=1 shows the traceback instead.
 """
@@ -76,68 +77,6 @@ def _print_info(info: dict) -> None:
 
 # ---------------------------------------------------------------- config verbs
 
-# verb -> (module, one-line help, shortcuts: (flags, config key or None, argparse kwargs))
-_SHORTCUTS: dict[str, list[tuple[tuple[str, ...], str | None, dict]]] = {
-    "pretrain": [
-        (("--steps",), "train.max_steps", dict(type=int, help="optimizer steps (train.max_steps)")),
-        (("--objective",), "model.objective", dict(choices=("clm", "mlm"), help="clm (GPT) or mlm (BERT)")),
-        (("--data",), "data.sources", dict(nargs="+", metavar="PATH",
-                                           help="text files / globs / folders, or 'shakespeare' (data.sources)")),
-        (("--tokenizer",), "data.tokenizer", dict(help="a sentencepiece .model or HF model folder (data.tokenizer)")),
-        (("--device",), "train.device", dict(help="cpu, cuda, cuda:1 ... (train.device)")),
-    ],
-    "finetune": [
-        (("--pretrained",), "model.pretrained",
-         dict(help="'minilm', an HF BERT folder, or a tforge mlm run folder (model.pretrained)")),
-        (("--mode",), "model.mode", dict(choices=("head", "full", "lora"), help="what trains (model.mode)")),
-        (("--train",), "data.train", dict(metavar="PATH", help="'fine-food' or a csv/jsonl/parquet file (data.train)")),
-        (("--test",), "data.test", dict(metavar="PATH", help="'fine-food', a file, or '' for none (data.test)")),
-        (("--epochs",), "train.epochs", dict(type=float, help="passes over the training data (train.epochs)")),
-        (("--steps",), "train.max_steps", dict(type=int, help="optimizer steps; overrides --epochs (train.max_steps)")),
-        (("--baseline",), "baseline.tfidf", dict(action="store_const", const=True, default=None,
-                                                 help="also train the TF-IDF + logistic regression baseline")),
-        (("--device",), "train.device", dict(help="cpu, cuda, ... (train.device)")),
-    ],
-    "evaluate": [
-        (("--run",), "run.dir", dict(metavar="DIR", help="a pretrain / finetune / compress run folder")),
-        (("--checkpoint",), "run.checkpoint", dict(help="auto (default), final, best, latest or a checkpoint folder")),
-        (("--data",), "data.path", dict(metavar="PATH",
-                                        help="text (LM) or labelled csv/jsonl/parquet (classifier) to evaluate on; "
-                                             "default: the run's own validation / test data")),
-        (("--limit",), "data.limit", dict(type=int, help="classifier: at most this many examples")),
-        (("--max-batches",), "data.max_batches", dict(type=int, help="LM: at most this many batches")),
-    ],
-    "predict": [
-        (("--run",), "run.dir", dict(metavar="DIR", help="a pretrain / finetune / compress run folder")),
-        (("--checkpoint",), "run.checkpoint", dict(help="auto (default), final, best, latest or a checkpoint folder")),
-        (("--prompt",), "predict.prompts", dict(action="append", metavar="TEXT", help="clm: text to continue (repeatable)")),
-        (("--text",), "predict.texts", dict(action="append", metavar="TEXT",
-                                            help="classifier: text to label; mlm: text with [MASK] (repeatable)")),
-        (("--input",), "predict.input", dict(metavar="FILE", help="txt (one text a line), csv, jsonl or parquet")),
-        (("--output",), "predict.output", dict(metavar="FILE", help="write the predictions as JSON lines")),
-        (("--max-new-tokens",), "predict.max_new_tokens", dict(type=int)),
-        (("--temperature",), "predict.temperature", dict(type=float)),
-        (("--top-k",), "predict.top_k", dict(type=int)),
-        (("--seed",), "predict.seed", dict(type=int)),
-    ],
-    "compress": [
-        (("--run",), "run.dir", dict(metavar="DIR", help="a pretrain / finetune run folder")),
-        (("--checkpoint",), "run.checkpoint", dict(help="auto (default), final, best, latest or a checkpoint folder")),
-        (("--int8",), "compress.int8", dict(action="store_const", const=True, default=None,
-                                            help="int8 weights and activations (SmoothQuant)")),
-        (("--sparse24",), "compress.sparse24", dict(action="store_const", const=True, default=None,
-                                                    help="2:4 pruning (Wanda) and packing")),
-        (("--recover-steps",), "compress.recover_steps", dict(type=int, help="2:4: fine-tuning steps with the "
-                                                                             "masks fixed (compress.recover_steps)")),
-        (("--calib-batches",), "compress.calib_batches", dict(type=int)),
-        (("--limit",), "eval.limit", dict(type=int, help="classifier: evaluate on at most this many examples")),
-    ],
-    "demo": [
-        (("--quick",), None, dict(action="store_true", help="tiny sizes: the whole demo in under 3 minutes")),
-        (("--tiny",), None, dict(action="store_true", help=argparse.SUPPRESS)),
-    ],
-}
-
 _VERBS = {
     "pretrain": "train a language model (GPT clm or BERT mlm) on local text",
     "finetune": "fine-tune a BERT classifier (head / full / lora) with early stopping",
@@ -147,27 +86,50 @@ _VERBS = {
     "demo": "the end-to-end demo: pretrain, fine-tune, compress, report (runs/demo/report.md)",
 }
 _RESUMABLE = ("pretrain", "finetune")
+_METAVARS = {int: "N", float: "X", str: "TEXT"}
 
 
 def _command_module(verb: str):
     return importlib.import_module(f"tforge.commands.{verb}")
 
 
-def _defaults_epilog(module) -> str:
-    from tforge.commands.config import dumps
-    return ("defaults (override with --config FILE.toml and --set section.key=value):\n\n"
-            + dumps(module.DEFAULTS, getattr(module, "HELP", None)))
+def _add_setting_flag(parser: argparse.ArgumentParser, s) -> None:
+    """The setting's shortcut flag (e.g. --steps for train.max_steps); an unused flag stays None
+    so it does not override --config. dest is the setting's key, "train.max_steps"."""
+    from tforge.commands.config import toml_value
+    shown = "unset" if s.default is None else toml_value(s.default)
+    repeatable = "; repeatable" if s.type is list and s.repeat else ""
+    kwargs: dict = {"dest": s.key, "default": None, "help": f"{s.help} [{s.key}{repeatable}; default: {shown}]"}
+    if s.type is bool:
+        if s.default:
+            raise ValueError(f"{s.key}: a flag can only switch a setting that defaults to false on")
+        kwargs.update(action="store_const", const=True)
+    else:
+        item = s.item_type if s.type is list else s.type
+        kwargs["type"] = item if item in _METAVARS else str
+        if s.choices:
+            kwargs["choices"] = s.choices
+        else:
+            kwargs["metavar"] = s.metavar or _METAVARS.get(item, "VALUE")
+        if s.type is list and s.repeat:
+            kwargs["action"] = "append"
+        elif s.type is list:
+            kwargs["nargs"] = "+"
+    parser.add_argument(s.flag, **kwargs)
 
 
 def _add_config_verb(sub, verb: str) -> None:
+    from tforge.commands.config import dumps, settings
     module = _command_module(verb)
-    p = sub.add_parser(verb, help=_VERBS[verb], description=module.__doc__, epilog=_defaults_epilog(module),
+    p = sub.add_parser(verb, help=_VERBS[verb], description=module.__doc__,
+                       epilog="defaults (override with --config FILE.toml and --set section.key=value):\n\n"
+                              + dumps(module.CONFIG()),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="TOML file with [section] key = value settings")
+    p.add_argument("--config", metavar="FILE", help="TOML file with [section] key = value settings "
+                                                    "(default: none, the defaults below)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one setting (repeatable), e.g. --set train.lr=3e-4")
-    if "out" in module.DEFAULTS.get("run", {}):
-        p.add_argument("--out", metavar="DIR", help="output folder (run.out)")
+                   help="override one setting (repeatable), e.g. --set train.lr=3e-4; `none` unsets an optional "
+                        "one (default: none)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config (TOML) and exit")
     if verb in _RESUMABLE:
         p.add_argument("--resume", action="store_true",
@@ -176,25 +138,24 @@ def _add_config_verb(sub, verb: str) -> None:
     if verb in _RESUMABLE + ("compress",):
         p.add_argument("--overwrite", action="store_true",
                        help="start over in --out: remove what an earlier run wrote there first")
-    for flags, key, kwargs in _SHORTCUTS.get(verb, []):
-        dest = ("shortcut:" + key) if key else flags[0].lstrip("-").replace("-", "_")
-        p.add_argument(*flags, dest=dest, **kwargs)
+    for s in settings(module.CONFIG):
+        if s.flag:
+            _add_setting_flag(p, s)
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(p)
 
 
-def _resolve_config(verb: str, args: argparse.Namespace) -> dict:
+def _resolve_config(verb: str, args: argparse.Namespace):
     from tforge.commands import config as cfglib
-    module = _command_module(verb)
-    shortcuts = {k[len("shortcut:"):]: v for k, v in vars(args).items() if k.startswith("shortcut:")}
-    out = getattr(args, "out", None)
-    if out is not None:
-        shortcuts["run.out"] = out
+    config_cls = _command_module(verb).CONFIG
+    flags = {s.key: getattr(args, s.key) for s in cfglib.settings(config_cls) if s.flag}
     config_file = args.config
     if getattr(args, "resume", False) and not config_file:
         # resuming without --config: start from the run's own config.toml
-        out = out or cfglib.parse_overrides(args.overrides).get("run", {}).get("out")
+        out = flags.get("run.out") or cfglib.parse_overrides(args.overrides).get("run", {}).get("out")
         if out and (Path(out) / "config.toml").is_file():
             config_file = str(Path(out) / "config.toml")
-    return cfglib.resolve(module.DEFAULTS, config_file, args.overrides, shortcuts)
+    return cfglib.resolve(config_cls, config_file, args.overrides, flags)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -264,8 +225,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     cfg = _resolve_config(args.command, args)
     if args.print_config:
         from tforge.commands.config import dumps
-        module = _command_module(args.command)
-        print(dumps(cfg, getattr(module, "HELP", None)), end="")
+        print(dumps(cfg), end="")
         return 0
     # `datasets` progress bars for a few local files are noise next to our progress lines
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

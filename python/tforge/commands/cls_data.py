@@ -7,13 +7,16 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from tforge.commands.runs import model_device, to_device
+
+if TYPE_CHECKING:
+    from tforge.commands.finetune import BaselineSection, DataSection
 
 FINE_FOOD = "fine-food"
 
@@ -26,14 +29,14 @@ def _fine_food() -> tuple[Any, Any]:
     return fine_food_reviews()
 
 
-def load_split(path: str, data_cfg: dict, which: str, label_names: Optional[Sequence[str]] = None) -> Any:
+def load_split(path: str, data_cfg: "DataSection", which: str, label_names: Optional[Sequence[str]] = None) -> Any:
     """ClassificationData of `path` ("fine-food" = the built-in reviews, train or test part)."""
     from tforge.data import load_classification
     if path.lower() == FINE_FOOD:
         train, test = _fine_food()
         return train if which == "train" else test
-    labels = list(label_names or data_cfg.get("labels") or []) or None
-    return load_classification(path, text_column=data_cfg["text_column"], label_column=data_cfg["label_column"],
+    labels = list(label_names or data_cfg.labels or []) or None
+    return load_classification(path, text_column=data_cfg.text_column, label_column=data_cfg.label_column,
                                labels=labels)
 
 
@@ -58,21 +61,21 @@ def split_validation(data: Any, fraction: float, seed: int) -> tuple[Any, Option
     return data.subset(sorted(order[n_val:].tolist())), data.subset(sorted(order[:n_val].tolist()))
 
 
-def load_finetune_data(data_cfg: dict, seed: int) -> dict[str, Any]:
+def load_finetune_data(data_cfg: "DataSection", seed: int) -> dict[str, Any]:
     """{"train", "val" (or None), "test" (or None), "label_names"} from the data section."""
-    train = load_split(data_cfg["train"], data_cfg, "train")
+    train = load_split(data_cfg.train, data_cfg, "train")
     test = None
-    if data_cfg.get("test"):
-        test = load_split(data_cfg["test"], data_cfg, "test", label_names=train.label_names)
+    if data_cfg.test:
+        test = load_split(data_cfg.test, data_cfg, "test", label_names=train.label_names)
         if list(test.label_names) != list(train.label_names):
             raise ValueError(f"train and test label names differ: {train.label_names} vs {test.label_names} "
                              f"(set data.labels to fix the order)")
-    train = limit(train, int(data_cfg.get("train_limit", 0)), seed)
+    train = limit(train, data_cfg.train_limit, seed)
     if test is not None:
-        test = limit(test, int(data_cfg.get("test_limit", 0)), seed)
-    train, val = split_validation(train, float(data_cfg.get("val_fraction", 0.0)), seed)
+        test = limit(test, data_cfg.test_limit, seed)
+    train, val = split_validation(train, data_cfg.val_fraction, seed)
     if len(train) == 0:
-        raise ValueError(f"no usable training examples in {data_cfg['train']} (bad rows: {train.bad_rows})")
+        raise ValueError(f"no usable training examples in {data_cfg.train} (bad rows: {train.bad_rows})")
     return {"train": train, "val": val, "test": test, "label_names": list(train.label_names)}
 
 
@@ -124,7 +127,7 @@ def evaluate_classifier(model: nn.Module, batches: Any, num_labels: int, max_bat
     return classification_metrics(logits, labels, num_labels)
 
 
-def tfidf_baseline(train: Any, test: Any, cfg: dict) -> dict[str, Any]:
+def tfidf_baseline(train: Any, test: Any, cfg: "BaselineSection") -> dict[str, Any]:
     """TF-IDF (word 1..ngram_max grams, sublinear tf) + logistic regression,
     fitted on train and scored on test."""
     try:
@@ -134,10 +137,10 @@ def tfidf_baseline(train: Any, test: Any, cfg: dict) -> dict[str, Any]:
         raise ValueError(f"baseline.tfidf needs scikit-learn ({e}); pip install scikit-learn") from None
     from tforge.train import accuracy, macro_f1
     t0 = time.perf_counter()
-    vec = TfidfVectorizer(ngram_range=(1, int(cfg.get("ngram_max", 2))), sublinear_tf=True, min_df=2,
-                          max_features=int(cfg.get("max_features", 50000)) or None)
+    vec = TfidfVectorizer(ngram_range=(1, cfg.ngram_max), sublinear_tf=True, min_df=2,
+                          max_features=cfg.max_features or None)
     x_train = vec.fit_transform(train.texts)
-    clf = LogisticRegression(C=float(cfg.get("C", 4.0)), max_iter=2000)
+    clf = LogisticRegression(C=cfg.C, max_iter=2000)
     clf.fit(x_train, np.asarray(train.labels))
     pred = clf.predict(vec.transform(test.texts))
     seconds = time.perf_counter() - t0

@@ -21,16 +21,18 @@ import copy
 import itertools
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tforge.commands import cls_data, lm_data
-from tforge.commands import config as cfglib
-from tforge.commands.runs import (CHECKPOINT_CHOICES, CONFIG_FILE, MODEL_DIR, SPEC_FILE, SUMMARY_FILE, WEIGHTS_FILE,
-                                  check_device, check_run_dir, fmt_seconds, load_run_model, model_bytes, model_device,
-                                  new_run_dir, run_config, save_config, save_tokenizer, say, to_device, write_json)
+from tforge.commands.config import ConfigError, section, setting
+from tforge.commands.runs import (CONFIG_FILE, MODEL_DIR, SPEC_FILE, SUMMARY_FILE, WEIGHTS_FILE, check_device,
+                                  check_run_dir, fmt_seconds, load_run_model, model_bytes, model_device, new_run_dir,
+                                  run_settings, save_config, save_tokenizer, say, to_device, write_json)
+from tforge.commands.sections import RunSource
 
 TAG = "compress"
 FLOAT = "fp32"
@@ -38,73 +40,87 @@ INT8 = "int8"
 SPARSE = "2:4"
 DEFAULT_SKIP = ["lm_head", "classifier", "cls.predictions.decoder"]
 
-DEFAULTS: cfglib.Config = {
-    "run": {"dir": "", "checkpoint": "auto", "out": "", "device": "cpu"},
-    "compress": {"int8": False, "sparse24": False, "int8_alpha": 0.5, "int8_activations": "int8",
-                 "int8_skip": list(DEFAULT_SKIP), "sparse_method": "wanda", "sparse_skip": list(DEFAULT_SKIP),
-                 "calib_batches": 4, "recover_steps": 0, "recover_lr": 3e-5, "pack": True, "save": True},
-    "eval": {"limit": 0, "max_batches": 0, "batch_size": 0, "speed_batches": 2, "speed_repeats": 10,
-             "speed_seconds": 20.0},
-}
 
-HELP = {
-    "run.dir": "the pretrain / finetune run folder whose model is compressed",
-    "run.checkpoint": f"which weights: {', '.join(CHECKPOINT_CHOICES)} or a checkpoint folder",
-    "run.out": "output folder (\"\" = runs/compress-<timestamp>)",
-    "run.device": "cpu or cuda",
-    "compress.int8": "make the int8 (W8A8 SmoothQuant) variant",
-    "compress.sparse24": "make the 2:4 sparse variant",
-    "compress.int8_alpha": "SmoothQuant migration strength in [0, 1]; negative = no smoothing",
-    "compress.int8_activations": "int8 (W8A8) or fp (weight-only int8)",
-    "compress.int8_skip": "Linear names (fnmatch) kept in floating point",
-    "compress.sparse_method": "wanda (activation-aware, calibrated) or magnitude",
-    "compress.sparse_skip": "Linear names (fnmatch, full or last part) left dense",
-    "compress.calib_batches": "training batches used to calibrate",
-    "compress.recover_steps": "2:4: fine-tuning steps with the masks fixed (0 = none)",
-    "compress.recover_lr": "2:4: learning rate of the recovery steps (constant, AdamW)",
-    "compress.pack": "2:4: pack into the inference form (values + metadata)",
-    "compress.save": "save the variants as run folders",
-    "eval.limit": "classifier: evaluate on at most this many examples (0 = all)",
-    "eval.max_batches": "language model: validation batches (0 = the run's data.eval_batches)",
-    "eval.batch_size": "0 = the run's evaluation batch size",
-    "eval.speed_batches": "batches per timed forward sample",
-    "eval.speed_repeats": "timed rounds (interleaved over the variants)",
-    "eval.speed_seconds": "time budget of the speed measurement",
-}
+@dataclass
+class RunSection(RunSource):
+    out: str = setting("", "output folder (\"\" = a new runs/compress-<date>-<time>)", flag="--out", metavar="DIR")
+
+
+@dataclass
+class CompressSection:
+    int8: bool = setting(False, "make the int8 (W8A8 SmoothQuant) variant", flag="--int8")
+    sparse24: bool = setting(False, "make the 2:4 sparse variant (Wanda pruning, packed)", flag="--sparse24")
+    int8_alpha: float = setting(0.5, "SmoothQuant migration strength in [0, 1]; negative = no smoothing", max=1.0)
+    int8_activations: str = setting("int8", "int8 (W8A8) or fp (weight-only int8)", choices=("int8", "fp"))
+    int8_skip: list[str] = setting(DEFAULT_SKIP, "Linear names (fnmatch) kept in floating point")
+    sparse_method: str = setting("wanda", "wanda (activation-aware, calibrated) or magnitude",
+                                 choices=("wanda", "magnitude"))
+    sparse_skip: list[str] = setting(DEFAULT_SKIP, "Linear names (fnmatch, full or last part) left dense")
+    calib_batches: int = setting(4, "training batches used to calibrate (SmoothQuant scales, Wanda scores)", min=1,
+                                 flag="--calib-batches", metavar="N")
+    recover_steps: int = setting(0, "2:4: fine-tuning steps with the masks fixed (0 = none)", min=0,
+                                 flag="--recover-steps", metavar="N")
+    recover_lr: float = setting(3e-5, "2:4: learning rate of the recovery steps (constant, AdamW)", min=0.0)
+    pack: bool = setting(True, "2:4: pack into the inference form (values + metadata)")
+    save: bool = setting(True, "save the variants as run folders")
+
+
+@dataclass
+class EvalSection:
+    limit: int = setting(0, "classifier: evaluate on at most this many examples (0 = all)", min=0, flag="--limit",
+                         metavar="N")
+    max_batches: int = setting(0, "language model: validation batches (0 = the run's data.eval_batches)", min=0)
+    batch_size: int = setting(0, "evaluation batch size (0 = the run's)", min=0)
+    speed_batches: int = setting(2, "batches per timed forward sample", min=1)
+    speed_repeats: int = setting(10, "timed rounds (interleaved over the variants)", min=1)
+    speed_seconds: float = setting(20.0, "time budget of the speed measurement", min=0.0)
+
+
+@dataclass
+class CompressConfig:
+    run: RunSection = section(RunSection)
+    compress: CompressSection = section(CompressSection)
+    eval: EvalSection = section(EvalSection)
+
+
+CONFIG = CompressConfig
 
 
 class _Task:
     """Evaluation, calibration and speed inputs for one run's model."""
 
-    def __init__(self, spec: dict, run_cfg: dict, tokenizer: Any, cfg: cfglib.Config):
-        from tforge.commands import evaluate, finetune
+    def __init__(self, spec: dict, run_dir: Path, tokenizer: Any, cfg: CompressConfig):
+        from tforge.commands import evaluate
+        from tforge.commands.finetune import FinetuneConfig
+        from tforge.commands.pretrain import PretrainConfig
         self.spec = spec
-        e = cfg["eval"]
-        self.is_lm = spec["architecture"] in ("GPT", "BertForMaskedLM")
+        e = cfg.eval
+        self.is_lm = evaluate.is_lm(spec)
         if self.is_lm:
+            run_cfg = run_settings(run_dir, PretrainConfig)
             self.objective = spec.get("objective") or ("clm" if spec["architecture"] == "GPT" else "mlm")
-            train_tf, val_tf, settings = evaluate.lm_split(run_cfg, tokenizer, TAG)
-            d, m, t = settings["data"], settings["model"], settings["train"]
-            bs = e["batch_size"] or t["batch_size"]
-            self.make_eval = lm_data.val_batches_factory(val_tf, self.objective, tokenizer, m["seq_len"], bs,
-                                                         d["mlm_prob"])
-            self.max_batches = e["max_batches"] or int(d["eval_batches"])
-            self.train = lm_data.lm_dataset(train_tf, self.objective, tokenizer, m["seq_len"], bs, seed=t["seed"],
-                                            mlm_prob=d["mlm_prob"])
+            train_tf, val_tf = evaluate.lm_split(run_cfg, tokenizer, TAG)
+            d, m, t = run_cfg.data, run_cfg.model, run_cfg.train
+            bs = e.batch_size or t.batch_size
+            self.make_eval = lm_data.val_batches_factory(val_tf, self.objective, tokenizer, m.seq_len, bs,
+                                                         d.mlm_prob)
+            self.max_batches = e.max_batches or d.eval_batches
+            self.train = lm_data.lm_dataset(train_tf, self.objective, tokenizer, m.seq_len, bs, seed=t.seed,
+                                            mlm_prob=d.mlm_prob)
             self.metric, self.metric_mode = "ppl", "min"
             self.eval_desc = f"{val_tf.num_tokens:,} validation tokens"
         else:
-            d = evaluate._merged(run_cfg, finetune.DEFAULTS, "data")
-            seed = evaluate._merged(run_cfg, finetune.DEFAULTS, "train")["seed"]
-            test = evaluate.classification_eval_data(run_cfg, spec, {"limit": e["limit"]})
-            max_len = int(spec.get("max_len") or d["max_len"])
-            self.eval_b = cls_data.eval_batches(test, tokenizer, max_len, e["batch_size"] or d["eval_batch_size"],
-                                                d["packed"])
+            run_cfg = run_settings(run_dir, FinetuneConfig)
+            d, seed = run_cfg.data, run_cfg.train.seed
+            test = evaluate.classification_eval_data(run_cfg, spec, evaluate.DataSection(limit=e.limit))
+            max_len = int(spec.get("max_len") or d.max_len)
+            self.eval_b = cls_data.eval_batches(test, tokenizer, max_len, e.batch_size or d.eval_batch_size,
+                                                d.packed)
             self.make_eval = lambda: self.eval_b
             train = cls_data.load_finetune_data(d, seed)["train"]
             from tforge.data import ClassificationBatches
-            self.train = ClassificationBatches(train, tokenizer, max_len=max_len, batch_size=d["batch_size"],
-                                               packed=d["packed"], shuffle=True, seed=seed)
+            self.train = ClassificationBatches(train, tokenizer, max_len=max_len, batch_size=d.batch_size,
+                                               packed=d.packed, shuffle=True, seed=seed)
             self.num_labels = int(spec["num_labels"])
             self.metric, self.metric_mode = "accuracy", "max"
             self.eval_desc = f"{len(test)} test examples"
@@ -161,25 +177,25 @@ def _save_variant(model: torch.nn.Module, name: str, kind: str, out_dir: Path, s
     return dest
 
 
-def run(cfg: cfglib.Config, overwrite: bool = False) -> dict[str, Any]:
+def run(cfg: CompressConfig, overwrite: bool = False) -> dict[str, Any]:
     from tforge.bench.harness import bench_interleaved
     from tforge.compress import Int8Config, Sparse24Config, pack_, quantize_, recover, sparsify_
 
-    r, c, e = cfg["run"], cfg["compress"], cfg["eval"]
-    if not (c["int8"] or c["sparse24"]):
-        raise cfglib.ConfigError("nothing to do: pass --int8 and/or --sparse24 (compress.int8 / compress.sparse24)")
+    r, c, e = cfg.run, cfg.compress, cfg.eval
+    if not (c.int8 or c.sparse24):
+        raise ConfigError("nothing to do: pass --int8 and/or --sparse24 (compress.int8 / compress.sparse24)")
     t_start = time.perf_counter()
-    src = check_run_dir(r["dir"])
-    check_device(r["device"], "run.device")
-    model, tokenizer, spec, weights_source = load_run_model(src, r["checkpoint"], device=r["device"])
+    src = check_run_dir(r.dir)
+    check_device(r.device, "run.device")
+    model, tokenizer, spec, weights_source = load_run_model(src, r.checkpoint, device=r.device)
     if spec.get("compressed"):
         raise ValueError(f"{src} is already compressed ({spec['compressed']}); pass the original run folder")
-    out_dir = new_run_dir(TAG, r["out"], overwrite=overwrite)
-    save_config(cfg, out_dir, HELP)
+    out_dir = new_run_dir(TAG, r.out, overwrite=overwrite)
+    save_config(cfg, out_dir)
     say(TAG, f"{spec['architecture']} from {weights_source}; output {out_dir}")
-    task = _Task(spec, run_config(src), tokenizer, cfg)
-    calib = [to_device(b, r["device"]) for b in task.calibration(c["calib_batches"])]
-    speed = [to_device(b, r["device"]) for b in task.speed_batches(e["speed_batches"])]
+    task = _Task(spec, src, tokenizer, cfg)
+    calib = [to_device(b, r.device) for b in task.calibration(c.calib_batches)]
+    speed = [to_device(b, r.device) for b in task.speed_batches(e.speed_batches)]
 
     variants: dict[str, dict[str, Any]] = {}
     models: dict[str, torch.nn.Module] = {FLOAT: model}
@@ -189,12 +205,12 @@ def run(cfg: cfglib.Config, overwrite: bool = False) -> dict[str, Any]:
     say(TAG, f"{FLOAT}: {cls_data.fmt_metrics(variants[FLOAT])}, {variants[FLOAT]['size_mb']:.1f} MB "
              f"({task.eval_desc})")
 
-    if c["int8"]:
+    if c.int8:
         t0 = time.perf_counter()
         m8 = copy.deepcopy(model)
-        alpha = c["int8_alpha"] if c["int8_alpha"] >= 0 else None
-        rep = quantize_(m8, Int8Config(smoothquant_alpha=alpha, activations=c["int8_activations"],
-                                       skip=tuple(c["int8_skip"])), calib_data=calib)
+        alpha = c.int8_alpha if c.int8_alpha >= 0 else None
+        rep = quantize_(m8, Int8Config(smoothquant_alpha=alpha, activations=c.int8_activations,
+                                       skip=tuple(c.int8_skip)), calib_data=calib)
         m8.eval()
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -205,21 +221,21 @@ def run(cfg: cfglib.Config, overwrite: bool = False) -> dict[str, Any]:
         say(TAG, f"{INT8}: {cls_data.fmt_metrics(variants[INT8])}, {variants[INT8]['size_mb']:.1f} MB "
                  f"({len(rep['quantized'])} Linear layers quantised)")
 
-    if c["sparse24"]:
+    if c.sparse24:
         t0 = time.perf_counter()
         ms = copy.deepcopy(model)
-        rep = sparsify_(ms, Sparse24Config(method=c["sparse_method"], skip=tuple(c["sparse_skip"])),
-                        calib_data=calib if c["sparse_method"] == "wanda" else None)
+        rep = sparsify_(ms, Sparse24Config(method=c.sparse_method, skip=tuple(c.sparse_skip)),
+                        calib_data=calib if c.sparse_method == "wanda" else None)
         info: dict[str, Any] = {"pruned_layers": len(rep.pruned), "sparsity": rep.sparsity, "calibration": rep.mode}
-        if c["recover_steps"] > 0:
+        if c.recover_steps > 0:
             pre = task.evaluate(ms)
             info["before_recovery"] = pre
-            say(TAG, f"{SPARSE} before recovery: {cls_data.fmt_metrics(pre)}; recovering {c['recover_steps']} steps")
+            say(TAG, f"{SPARSE} before recovery: {cls_data.fmt_metrics(pre)}; recovering {c.recover_steps} steps")
             # recover() cycles through the list when the steps outnumber the batches
-            recover_data = [to_device(b, r["device"]) for b in task.calibration(min(c["recover_steps"], 32))]
-            losses = recover(ms, recover_data, int(c["recover_steps"]), lr=c["recover_lr"], progress=False)
+            recover_data = [to_device(b, r.device) for b in task.calibration(min(c.recover_steps, 32))]
+            losses = recover(ms, recover_data, int(c.recover_steps), lr=c.recover_lr, progress=False)
             info["recover_loss_first_last"] = [losses[0], losses[-1]]
-        if c["pack"]:
+        if c.pack:
             packed = pack_(ms)
             info["packed_layers"] = len(packed["packed"])
         ms.eval()
@@ -232,9 +248,9 @@ def run(cfg: cfglib.Config, overwrite: bool = False) -> dict[str, Any]:
                  f"({len(rep.pruned)} Linear layers pruned, sparsity {rep.sparsity:.2f})")
 
     say(TAG, f"timing {', '.join(models)} interleaved ({len(speed)} batches per sample) ...")
-    stats = bench_interleaved({name: _forward_fn(m, speed) for name, m in models.items()}, device=r["device"],
-                              warmup=1, repeats=int(e["speed_repeats"]), min_repeats=min(3, int(e["speed_repeats"])),
-                              max_seconds=float(e["speed_seconds"]), min_sample_ms=0.0)
+    stats = bench_interleaved({name: _forward_fn(m, speed) for name, m in models.items()}, device=r.device,
+                              warmup=1, repeats=int(e.speed_repeats), min_repeats=min(3, int(e.speed_repeats)),
+                              max_seconds=float(e.speed_seconds), min_sample_ms=0.0)
     base_ms = stats[FLOAT].median_ms / len(speed)
     for name, st in stats.items():
         ms_per_batch = st.median_ms / len(speed)
@@ -242,7 +258,7 @@ def run(cfg: cfglib.Config, overwrite: bool = False) -> dict[str, Any]:
                                "speed_rounds": st.n})
 
     saved: dict[str, Any] = {}
-    if c["save"]:
+    if c.save:
         probe = speed[0]
         for name, kind in ((INT8, "int8"), (SPARSE, "sparse24")):
             if name in models:
@@ -271,4 +287,4 @@ def _print_table(summary: dict) -> None:
               f"{v.get('speedup', float('nan')):>8.2f}x", flush=True)
 
 
-__all__ = ["DEFAULTS", "HELP", "run"]
+__all__ = ["CONFIG", "CompressConfig", "CompressSection", "EvalSection", "run"]

@@ -21,35 +21,56 @@ compress/); rerunning replaces them.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tforge.commands import config as cfglib
+from tforge.commands.config import section, setting
 from tforge.commands.runs import fmt_seconds, say, write_json
 
 TAG = "demo"
 
-DEFAULTS: cfglib.Config = {
-    "run": {"out": "runs/demo"},
-    "demo": {"pretrain": True, "finetune": True, "compress": True, "pretrain_steps": 0, "full_train_limit": -1,
-             "pretrained": "minilm", "device": "cpu"},
-}
 
-HELP = {
-    "run.out": "demo folder (report.md, plots and the step run folders)",
-    "demo.pretrain": "run step 1 (GPT on Shakespeare)",
-    "demo.finetune": "run step 2 (MiniLM head / full and the TF-IDF baseline)",
-    "demo.compress": "run step 3 (int8 and 2:4 on the fully fine-tuned MiniLM; needs step 2)",
-    "demo.pretrain_steps": "GPT training steps (0 = the profile's)",
-    "demo.full_train_limit": "training reviews for full fine-tuning (-1 = the profile's, 0 = all 4000)",
-    "demo.pretrained": "the encoder fine-tuned in step 2: \"minilm\" or an HF BERT folder",
-    "demo.device": "cpu or cuda (compression runs on this device too)",
-}
+@dataclass
+class RunSection:
+    out: str = setting("runs/demo", "demo folder (report.md, plots and the step run folders)", flag="--out",
+                       metavar="DIR")
 
-# Sizes per profile: nested overrides of each command's DEFAULTS. "full" is sized for about 15 minutes on 2 free
+
+@dataclass
+class DemoSection:
+    pretrain: bool = setting(True, "run step 1 (GPT on Shakespeare)")
+    finetune: bool = setting(True, "run step 2 (MiniLM head / full and the TF-IDF baseline)")
+    compress: bool = setting(True, "run step 3 (int8 and 2:4 on the fully fine-tuned MiniLM; needs step 2)")
+    pretrain_steps: int = setting(0, "GPT training steps (0 = the profile's)", min=0)
+    full_train_limit: int = setting(-1, "training reviews for full fine-tuning (-1 = the profile's, 0 = all 4000)",
+                                    min=-1)
+    pretrained: str = setting("minilm", "the encoder fine-tuned in step 2: \"minilm\" or an HF BERT folder")
+    device: str = setting("cpu", "cpu or cuda (compression runs on this device too)")
+
+
+@dataclass
+class DemoConfig:
+    run: RunSection = section(RunSection)
+    demo: DemoSection = section(DemoSection)
+
+
+CONFIG = DemoConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's flags that pick a size profile rather than set a config key."""
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: the whole demo in about 3 minutes (default: off, the full demo)")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds; for the tests
+
+
+# Sizes per profile: nested overrides of each command's defaults (TOML names). "full" is sized for about 15 minutes on 2 free
 # CPU cores, "quick" for about 3, "tiny" (hidden, for the tests) for seconds.
 PROFILES: dict[str, dict[str, dict]] = {
     "full": {
@@ -132,36 +153,36 @@ def _tiny_sources() -> list[str]:
     return [str(f) for f in small]
 
 
-def step_configs(profile: str, out: Path, cfg: cfglib.Config) -> dict[str, cfglib.Config]:
-    """The resolved config of each step (each command's DEFAULTS + the profile + demo.* knobs)."""
+def step_configs(profile: str, out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    """The resolved config of each step (each command's defaults + the profile + demo.* knobs)."""
     from tforge.commands import compress, finetune, pretrain
     if profile not in PROFILES:
         raise cfglib.ConfigError(f"unknown demo profile {profile!r} (known: {', '.join(PROFILES)})")
     p = copy.deepcopy(PROFILES[profile])
-    d = cfg["demo"]
+    d = cfg.demo
     if profile == "tiny":
         p["pretrain"]["data"]["sources"] = _tiny_sources()
-    if d["pretrain_steps"] > 0:
-        p["pretrain"]["train"]["max_steps"] = d["pretrain_steps"]
-    if d["full_train_limit"] >= 0:
-        p["full"]["data"]["train_limit"] = d["full_train_limit"]
-    device = device_train = d["device"]
+    if d.pretrain_steps > 0:
+        p["pretrain"]["train"]["max_steps"] = d.pretrain_steps
+    if d.full_train_limit >= 0:
+        p["full"]["data"]["train_limit"] = d.full_train_limit
     src = f"demo profile {profile!r}"
+
+    def train_on_device(step: str) -> dict:
+        return {**p[step]["train"], "device": d.device}
+
     steps = {
-        "pretrain": cfglib.merge(pretrain.DEFAULTS, {**p["pretrain"], "run": {"out": str(out / "pretrain")},
-                                                     "train": {**p["pretrain"]["train"], "device": device_train}},
-                                 source=src),
-        "head": cfglib.merge(finetune.DEFAULTS, {**p["head"], "model": {"pretrained": d["pretrained"], "mode": "head"},
-                                                 "run": {"out": str(out / "finetune-head")},
-                                                 "train": {**p["head"]["train"], "device": device_train}},
-                             source=src),
-        "full": cfglib.merge(finetune.DEFAULTS, {**p["full"], "model": {"pretrained": d["pretrained"], "mode": "full"},
-                                                 "run": {"out": str(out / "finetune-full")},
-                                                 "train": {**p["full"]["train"], "device": device_train}},
-                             source=src),
-        "compress": cfglib.merge(compress.DEFAULTS, {**p["compress"],
-                                                     "run": {"dir": str(out / "finetune-full"),
-                                                             "out": str(out / "compress"), "device": device}},
+        "pretrain": cfglib.merge(pretrain.PretrainConfig(), {**p["pretrain"], "train": train_on_device("pretrain"),
+                                                             "run": {"out": str(out / "pretrain")}}, source=src),
+        "head": cfglib.merge(finetune.FinetuneConfig(), {**p["head"], "train": train_on_device("head"),
+                                                         "model": {"pretrained": d.pretrained, "mode": "head"},
+                                                         "run": {"out": str(out / "finetune-head")}}, source=src),
+        "full": cfglib.merge(finetune.FinetuneConfig(), {**p["full"], "train": train_on_device("full"),
+                                                         "model": {"pretrained": d.pretrained, "mode": "full"},
+                                                         "run": {"out": str(out / "finetune-full")}}, source=src),
+        "compress": cfglib.merge(compress.CompressConfig(), {**p["compress"],
+                                                             "run": {"dir": str(out / "finetune-full"),
+                                                                     "out": str(out / "compress"), "device": d.device}},
                                  source=src),
     }
     return steps
@@ -172,13 +193,13 @@ OUTPUT_FILES = ("report.md", "demo.json", "pretrain_loss.png", "finetune_loss.pn
                 "compression.png")
 
 
-def _clear_previous(out: Path, d: dict) -> None:
+def _clear_previous(out: Path, d: DemoSection) -> None:
     """Remove what an earlier demo wrote into `out` for the steps about to run (only the demo's own
     step folders and report files), so `make demo` can be run again."""
     import shutil
     removed = []
     for step, folders in STEP_FOLDERS.items():
-        if d[step]:
+        if getattr(d, step):
             for name in folders:
                 if (out / name).is_dir():
                     shutil.rmtree(out / name)
@@ -199,18 +220,18 @@ def sparse24_available() -> tuple[bool, str]:
     return True, ""
 
 
-def run(cfg: cfglib.Config, quick: bool = False, tiny: bool = False) -> dict[str, Any]:
+def run(cfg: DemoConfig, quick: bool = False, tiny: bool = False) -> dict[str, Any]:
     from tforge.commands import compress, finetune, pretrain
     profile = "tiny" if tiny else ("quick" if quick else "full")
-    out = Path(cfg["run"]["out"])
-    d = cfg["demo"]
+    out = Path(cfg.run.out)
+    d = cfg.demo
     _clear_previous(out, d)
     out.mkdir(parents=True, exist_ok=True)
-    cfglib.save(cfg, out / "config.toml", HELP)
-    if d["compress"] and not d["finetune"] and not (out / "finetune-full" / "model_spec.json").is_file():
+    cfglib.save(cfg, out / "config.toml")
+    if d.compress and not d.finetune and not (out / "finetune-full" / "model_spec.json").is_file():
         raise cfglib.ConfigError("demo.compress needs the fine-tuned model of step 2 (demo.finetune = true)")
     steps = step_configs(profile, out, cfg)
-    enc = "MiniLM" if d["pretrained"].lower() == "minilm" else d["pretrained"]
+    enc = "MiniLM" if d.pretrained.lower() == "minilm" else d.pretrained
     t_start = time.perf_counter()
     results: dict[str, Any] = {"profile": profile, "out": str(out), "times": {}, "notes": []}
     say(TAG, f"profile {profile}: output in {out}")
@@ -222,18 +243,18 @@ def run(cfg: cfglib.Config, quick: bool = False, tiny: bool = False) -> dict[str
         say(TAG, f"{name} finished in {fmt_seconds(results['times'][name])}")
         return value
 
-    if d["pretrain"]:
+    if d.pretrain:
         say(TAG, "step 1/4: sentencepiece tokenizer + GPT pretraining on the Shakespeare plays")
         results["pretrain"] = timed("pretrain", pretrain.run, steps["pretrain"])
-    if d["finetune"]:
+    if d.finetune:
         say(TAG, f"step 2/4: fine-tuning {enc} on the fine-food reviews (head mode, with the TF-IDF baseline)")
         results["head"] = timed("finetune head", finetune.run, steps["head"])
         say(TAG, f"step 2/4: fine-tuning {enc} on the fine-food reviews (full mode)")
         results["full"] = timed("finetune full", finetune.run, steps["full"])
-    if d["compress"]:
+    if d.compress:
         ok, why = sparse24_available()
         if not ok:
-            steps["compress"]["compress"]["sparse24"] = False
+            steps["compress"].compress.sparse24 = False
             results["notes"].append(f"2:4 sparsity skipped: {why}")
         say(TAG, f"step 3/4: compressing the fully fine-tuned {enc} (int8" + (", 2:4" if ok else "") + ")")
         results["compress"] = timed("compress", compress.run, steps["compress"])
@@ -295,14 +316,14 @@ def _test_text(n: int) -> str:
     return f"{n} test reviews" if n >= 1000 else f"{n} test reviews (a seeded random subset of the 1000)"
 
 
-def _cut_text(steps: dict[str, cfglib.Config]) -> str:
-    head, full = steps["head"]["data"]["max_len"], steps["full"]["data"]["max_len"]
+def _cut_text(steps: dict[str, Any]) -> str:
+    head, full = steps["head"].data.max_len, steps["full"].data.max_len
     if head == full:
         return f"Texts are cut to {head} tokens."
     return f"Texts are cut to {head} tokens in head mode and {full} in full mode."
 
 
-def write_report(out: Path, results: dict, steps: dict[str, cfglib.Config]) -> Path:
+def write_report(out: Path, results: dict, steps: dict[str, Any]) -> Path:
     import torch
     import tforge
     made = _plots(out, results)
@@ -314,12 +335,12 @@ def write_report(out: Path, results: dict, steps: dict[str, cfglib.Config]) -> P
     pre = results.get("pretrain")
     if pre:
         pc = steps["pretrain"]
-        m = pc["model"]
+        m = pc.model
         lines += ["## 1. Pretraining: GPT on the Shakespeare plays", "",
-                  f"A sentencepiece {pc['data']['tokenizer_type']} tokenizer (vocabulary "
-                  f"{pre['tokenizer']['vocab_size']}) trained on the plays; a GPT with {m['n_layer']} layers, "
-                  f"d_model {m['d_model']}, {m['n_head']} heads, blocks of {m['seq_len']} tokens; the last "
-                  f"{pc['data']['val_fraction']:.0%} of the token stream ({pre['data']['val_tokens']:,} tokens) "
+                  f"A sentencepiece {pc.data.tokenizer_type} tokenizer (vocabulary "
+                  f"{pre['tokenizer']['vocab_size']}) trained on the plays; a GPT with {m.n_layer} layers, "
+                  f"d_model {m.d_model}, {m.n_head} heads, blocks of {m.seq_len} tokens; the last "
+                  f"{pc.data.val_fraction:.0%} of the token stream ({pre['data']['val_tokens']:,} tokens) "
                   f"held out for validation.", "",
                   "| parameters | training tokens | steps | tokens seen | tokens/s | train loss | val loss | "
                   "val perplexity | wall time |",
@@ -328,12 +349,12 @@ def write_report(out: Path, results: dict, steps: dict[str, cfglib.Config]) -> P
                   f"{pre['tokens_seen']:,} | {pre['tokens_per_s']:,.0f} | {_f(pre['train_loss'])} | "
                   f"{_f(pre['val_loss'])} | {_f(pre['val_ppl'], '{:.1f}')} | {fmt_seconds(times['pretrain'])} |", ""]
         if pre.get("sample"):
-            lines += [f"Sample (prompt {pre['prompt']!r}, temperature {pc['sample']['temperature']}, "
-                      f"top-k {pc['sample']['top_k']}):", "", "```text", pre["sample"], "```", ""]
+            lines += [f"Sample (prompt {pre['prompt']!r}, temperature {pc.sample.temperature}, "
+                      f"top-k {pc.sample.top_k}):", "", "```text", pre["sample"], "```", ""]
         if "pretrain" in made:
             lines += [f"![pretraining loss]({made['pretrain']})", ""]
     head, full = results.get("head"), results.get("full")
-    pretrained = steps["head"]["model"]["pretrained"]
+    pretrained = steps["head"].model.pretrained
     minilm = pretrained.lower() == "minilm"
     enc = "MiniLM" if minilm else "the encoder"
     if head or full:
@@ -342,10 +363,10 @@ def write_report(out: Path, results: dict, steps: dict[str, cfglib.Config]) -> P
                   f"{'all-MiniLM-L6-v2 (6 layers, hidden 384)' if minilm else pretrained} with a classification "
                   f"head on the Amazon fine-food reviews (labels {', '.join(any_run['label_names'])}); "
                   f"{_test_text(any_run['test_examples'])}. {_cut_text(steps)} "
-                  f"{steps['head']['data']['val_fraction']:.0%} of the training reviews are held out for "
+                  f"{steps['head'].data.val_fraction:.0%} of the training reviews are held out for "
                   f"validation (the table counts the reviews left for training).", ""]
-        subsets = [(mode, steps[mode]["data"]["train_limit"]) for mode in ("head", "full")
-                   if results.get(mode) and steps[mode]["data"]["train_limit"]]
+        subsets = [(mode, steps[mode].data.train_limit) for mode in ("head", "full")
+                   if results.get(mode) and steps[mode].data.train_limit]
         if subsets:
             lines += ["To fit the time budget on a CPU, these runs use seeded random subsets of the 4000 training "
                       "reviews: " + ", ".join(f"{n} for {'head mode and the baseline' if mode == 'head' else 'full mode'}"
@@ -385,7 +406,7 @@ def write_report(out: Path, results: dict, steps: dict[str, cfglib.Config]) -> P
             note = {"fp32": "the fine-tuned float model",
                     "int8": f"{row.get('quantized_layers', '?')} Linear layers int8 (SmoothQuant W8A8)",
                     "2:4": f"{row.get('pruned_layers', '?')} Linear layers pruned 2:4 (Wanda)"
-                           + (f", then {steps['compress']['compress']['recover_steps']} recovery steps (accuracy "
+                           + (f", then {steps['compress'].compress.recover_steps} recovery steps (accuracy "
                               f"{_f(row['before_recovery'].get('accuracy'))} before them)"
                               if row.get("before_recovery") else "")
                            + (", packed" if row.get("packed_layers") else "")}.get(name, "")
@@ -409,4 +430,4 @@ def write_report(out: Path, results: dict, steps: dict[str, cfglib.Config]) -> P
     return report
 
 
-__all__ = ["DEFAULTS", "HELP", "PROFILES", "run", "step_configs", "write_report"]
+__all__ = ["CONFIG", "DemoConfig", "PROFILES", "add_arguments", "run", "step_configs", "write_report"]

@@ -17,72 +17,103 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from tforge.commands import cls_data
-from tforge.commands import config as cfglib
+from tforge.commands.config import ConfigError, like, section, setting
 from tforge.commands.runs import (SPEC_FILE, SUMMARY_FILE, check_device, check_same_model, export_final, fmt_seconds,
                                   load_run_model, model_spec, new_run_dir, read_json, save_config, save_tokenizer, say,
                                   write_json)
+from tforge.commands.sections import RunOut, TrainSection, train_config
 
 TAG = "finetune"
 MODES = ("head", "full", "lora")
 DEFAULT_LR = {"head": 1e-3, "full": 5e-5, "lora": 5e-4}
-
-DEFAULTS: cfglib.Config = {
-    "model": {"pretrained": "minilm", "mode": "head", "lora_rank": 8, "lora_alpha": 16.0,
-              "lora_targets": ["q", "k", "v", "o"]},
-    "data": {"train": "fine-food", "test": "fine-food", "text_column": "text", "label_column": "label",
-             "labels": [], "max_len": 128, "batch_size": 32, "eval_batch_size": 64, "packed": True,
-             "val_fraction": 0.1, "train_limit": 0, "test_limit": 0, "augment": False},
-    "train": {"epochs": 3.0, "max_steps": 0, "lr": 0.0, "warmup_ratio": 0.1, "weight_decay": 0.01,
-              "grad_accum": 1, "clip_grad": 1.0, "eval_every": 0, "early_stop_patience": 2,
-              "early_stop_metric": "macro_f1", "save_every": 0, "keep_last": 2, "log_every": 10, "seed": 0,
-              "autocast": "off", "compile": False, "device": "", "strategy": "ddp", "progress": True},
-    "baseline": {"tfidf": False, "max_features": 50000, "ngram_max": 2, "C": 4.0},
-    "run": {"out": ""},
-}
-
-HELP = {
-    "model.pretrained": "\"minilm\", an HF BERT folder, or a tforge mlm run folder",
-    "model.mode": "head, full or lora",
-    "model.lora_targets": "lora: projections that get adapters (q, k, v, o, fc, proj)",
-    "data.train": "\"fine-food\" (built-in) or a csv / jsonl / parquet file (or glob)",
-    "data.test": "\"fine-food\", a file, or \"\" (no test set)",
-    "data.labels": "label names in index order (empty: sorted distinct labels)",
-    "data.max_len": "tokens per text, [CLS] and [SEP] included (longer texts are cut)",
-    "data.packed": "pack texts without padding (cu_seqlens) instead of padded batches",
-    "data.val_fraction": "seeded share of the training set held out for evaluation / early stopping",
-    "data.train_limit": "use at most this many training examples (0 = all; a seeded random subset)",
-    "data.test_limit": "use at most this many test examples (0 = all)",
-    "data.augment": "random word deletion / swaps on training texts",
-    "train.epochs": "passes over the training data (when max_steps = 0)",
-    "train.max_steps": "optimizer steps (0 = from epochs)",
-    "train.lr": "0 = by mode: head 1e-3, full 5e-5, lora 5e-4",
-    "train.warmup_ratio": "share of the steps spent warming up",
-    "train.eval_every": "steps between evaluations (0 = once per epoch)",
-    "train.early_stop_patience": "evaluations without improvement before stopping (0 = never stop early)",
-    "train.early_stop_metric": "macro_f1, accuracy or loss",
-    "train.save_every": "steps between checkpoints (0 = at the end and at each new best)",
-    "train.device": "\"\" = cuda when available, else cpu",
-    "baseline.tfidf": "also fit TF-IDF + logistic regression (scikit-learn) on the same split",
-    "baseline.C": "inverse regularisation strength of the logistic regression",
-    "run.out": "run folder (\"\" = runs/finetune-<timestamp>)",
-}
+EARLY_STOP_METRICS = ("macro_f1", "accuracy", "loss")
+LORA_TARGETS = ("q", "k", "v", "o", "fc", "proj")
 
 
-def check(cfg: cfglib.Config) -> None:
-    if cfg["model"]["mode"] not in MODES:
-        raise cfglib.ConfigError(f"model.mode must be one of {MODES}, got {cfg['model']['mode']!r}")
-    metric = cfg["train"]["early_stop_metric"]
-    if metric not in ("macro_f1", "accuracy", "loss"):
-        raise cfglib.ConfigError(f"train.early_stop_metric must be macro_f1, accuracy or loss, got {metric!r}")
-    if cfg["train"]["epochs"] <= 0 and cfg["train"]["max_steps"] <= 0:
-        raise cfglib.ConfigError("set train.epochs > 0 or train.max_steps > 0")
-    for key in ("max_len", "batch_size", "eval_batch_size"):
-        if cfg["data"][key] < 1:
-            raise cfglib.ConfigError(f"data.{key} must be >= 1, got {cfg['data'][key]}")
+@dataclass
+class ModelSection:
+    pretrained: str = setting("minilm", "\"minilm\", an HF BERT folder, or a tforge mlm run folder",
+                              flag="--pretrained", metavar="NAME_OR_DIR")
+    mode: str = setting("head", "what trains: head (pooler + classifier), full (everything), lora (adapters + "
+                        "head)", choices=MODES, flag="--mode")
+    lora_rank: int = setting(8, "lora: rank of the adapters", min=1)
+    lora_alpha: float = setting(16.0, "lora: scaling (the update is alpha / rank * B A)", min=0.0)
+    lora_targets: list[str] = setting(["q", "k", "v", "o"], "lora: projections that get adapters",
+                                      choices=LORA_TARGETS)
+
+
+@dataclass
+class DataSection:
+    train: str = setting("fine-food", "\"fine-food\" (built-in) or a csv / jsonl / parquet file (or glob)",
+                         flag="--train", metavar="PATH")
+    test: str = setting("fine-food", "\"fine-food\", a file, or \"\" (no test set)", flag="--test", metavar="PATH")
+    text_column: str = setting("text", "column (field) of the text in csv / jsonl / parquet files")
+    label_column: str = setting("label", "column (field) of the label in csv / jsonl / parquet files")
+    labels: list[str] = setting([], "label names in index order (empty: sorted distinct labels)")
+    max_len: int = setting(128, "tokens per text, [CLS] and [SEP] included (longer texts are cut)", min=1)
+    batch_size: int = setting(32, "texts per training micro-batch (per process)", min=1)
+    eval_batch_size: int = setting(64, "texts per evaluation batch", min=1)
+    packed: bool = setting(True, "pack texts without padding (cu_seqlens) instead of padded batches")
+    val_fraction: float = setting(0.1, "seeded share of the training set held out for evaluation / early stopping",
+                                  min=0.0, max=0.9)
+    train_limit: int = setting(0, "use at most this many training examples (0 = all; a seeded random subset)", min=0)
+    test_limit: int = setting(0, "use at most this many test examples (0 = all)", min=0)
+    augment: bool = setting(False, "random word deletion / swaps on training texts")
+
+
+@dataclass
+class TrainSettings(TrainSection):
+    max_steps: int = like(TrainSection, "max_steps", 0, min=0, help="optimizer steps (0 = from epochs)")
+    lr: Optional[float] = like(TrainSection, "lr", None, help="peak learning rate (unset = by mode: head 1e-3, "
+                                                              "full 5e-5, lora 5e-4)")
+    weight_decay: float = like(TrainSection, "weight_decay", 0.01)
+    eval_every: int = like(TrainSection, "eval_every", help="steps between evaluations (0 = once per epoch)")
+    save_every: int = like(TrainSection, "save_every", help="steps between checkpoints (0 = at the end and at "
+                                                            "each new best)")
+    epochs: float = setting(3.0, "passes over the training data (when max_steps = 0)", min=0.0, flag="--epochs",
+                            metavar="X")
+    warmup_ratio: float = setting(0.1, "share of the steps spent warming up", min=0.0, max=1.0)
+    early_stop_patience: int = setting(2, "evaluations without improvement before stopping (0 = never stop early)",
+                                       min=0)
+    early_stop_metric: str = setting("macro_f1", "what early stopping and the best weights follow",
+                                     choices=EARLY_STOP_METRICS)
+
+
+@dataclass
+class BaselineSection:
+    tfidf: bool = setting(False, "also fit TF-IDF + logistic regression (scikit-learn) on the same split",
+                          flag="--baseline")
+    max_features: int = setting(50000, "TF-IDF vocabulary size (0 = no limit)", min=0)
+    ngram_max: int = setting(2, "TF-IDF: longest word n-gram", min=1)
+    C: float = setting(4.0, "inverse regularisation strength of the logistic regression", min=0.0)
+
+
+@dataclass
+class RunSection(RunOut):
+    out: str = like(RunOut, "out", help="run folder (\"\" = a new runs/finetune-<date>-<time>)")
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelSection = section(ModelSection)
+    data: DataSection = section(DataSection)
+    train: TrainSettings = section(TrainSettings)
+    baseline: BaselineSection = section(BaselineSection)
+    run: RunSection = section(RunSection)
+
+
+CONFIG = FinetuneConfig
+
+
+def check(cfg: FinetuneConfig) -> None:
+    """What the fields alone cannot check."""
+    if cfg.train.epochs <= 0 and cfg.train.max_steps <= 0:
+        raise ConfigError("set train.epochs > 0 or train.max_steps > 0")
 
 
 def minilm_path() -> Path:
@@ -99,7 +130,7 @@ def load_pretrained(name: str, num_labels: int) -> tuple[Any, Any, str]:
     from tforge.data import HFTokenizer
     from tforge.models import BertForSequenceClassification, load_hf_bert
     if not name:
-        raise cfglib.ConfigError("model.pretrained is empty: give \"minilm\", an HF BERT folder or an mlm run folder")
+        raise ConfigError("model.pretrained is empty: give \"minilm\", an HF BERT folder or an mlm run folder")
     path = minilm_path() if name.lower() == "minilm" else Path(name)
     if not path.exists():
         raise FileNotFoundError(f"model.pretrained: {name} does not exist (expected \"minilm\", an HF BERT folder "
@@ -124,23 +155,7 @@ def load_pretrained(name: str, num_labels: int) -> tuple[Any, Any, str]:
                             f"run folder ({SPEC_FILE})")
 
 
-def train_config(cfg: cfglib.Config, out_dir: str, max_steps: int, eval_every: int):
-    from tforge.train import TrainConfig
-    t, mode = cfg["train"], cfg["model"]["mode"]
-    lr = t["lr"] or DEFAULT_LR[mode]
-    patience = t["early_stop_patience"] or None
-    metric = t["early_stop_metric"]
-    return TrainConfig(lr=lr, weight_decay=t["weight_decay"], betas=(0.9, 0.999),
-                       warmup_steps=int(t["warmup_ratio"] * max_steps), max_steps=max_steps,
-                       grad_accum=t["grad_accum"], clip_grad=t["clip_grad"], autocast=t["autocast"],
-                       compile=t["compile"], eval_every=eval_every, save_every=t["save_every"],
-                       keep_last=t["keep_last"], seed=t["seed"], log_every=t["log_every"], out_dir=out_dir,
-                       early_stop_patience=patience if eval_every else None, early_stop_metric=metric,
-                       early_stop_mode="min" if metric == "loss" else "max", restore_best=True,
-                       progress=t["progress"], strategy=t["strategy"], device=t["device"] or None)
-
-
-def run(cfg: cfglib.Config, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run(cfg: FinetuneConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune as `cfg` says; returns the summary (also written to summary.json)."""
     import torch
     from tforge.data import ClassificationBatches
@@ -148,72 +163,71 @@ def run(cfg: cfglib.Config, resume: bool = False, overwrite: bool = False) -> di
     from tforge.train import distributed as tdist
 
     check(cfg)
-    check_device(cfg["train"]["device"])
+    check_device(cfg.train.device)
     t_start = time.perf_counter()
     dist = tdist.init_from_env()
     rank, world = dist.rank, dist.world_size
-    run_dir = new_run_dir(TAG, cfg["run"]["out"], resume=resume, overwrite=overwrite)
+    run_dir = new_run_dir(TAG, cfg.run.out, resume=resume, overwrite=overwrite)
     if not resume:  # a resumed run's config.toml is replaced only once its model is known to fit
-        save_config(cfg, run_dir, HELP)
-    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+        save_config(cfg, run_dir)
+    m, d, t = cfg.model, cfg.data, cfg.train
     say(TAG, f"run folder {run_dir}" + (f" ({world} processes)" if world > 1 else ""))
 
-    data = cls_data.load_finetune_data(d, t["seed"])
+    data = cls_data.load_finetune_data(d, t.seed)
     train, val, test, label_names = data["train"], data["val"], data["test"], data["label_names"]
     say(TAG, f"data: {len(train)} training, {len(val) if val else 0} validation, {len(test) if test else 0} test "
              f"examples; labels {label_names} {train.label_counts()}"
              + (f"; bad rows skipped: {train.bad_rows}" if any(train.bad_rows.values()) else ""))
 
-    seed_everything(t["seed"])  # the new head's weights follow train.seed, not whatever ran before
-    model, tokenizer, source = load_pretrained(m["pretrained"], len(label_names))
-    say(TAG, f"model: {source}, mode {m['mode']}")
+    seed_everything(t.seed)  # the new head's weights follow train.seed, not whatever ran before
+    model, tokenizer, source = load_pretrained(m.pretrained, len(label_names))
+    say(TAG, f"model: {source}, mode {m.mode}")
     lora = None
-    if m["mode"] == "lora":
-        lora = {"rank": m["lora_rank"], "alpha": m["lora_alpha"], "targets": list(m["lora_targets"])}
-    setup = prepare_finetune(model, m["mode"], lora_rank=m["lora_rank"], lora_alpha=m["lora_alpha"],
-                             lora_targets=tuple(m["lora_targets"]))
+    if m.mode == "lora":
+        lora = {"rank": m.lora_rank, "alpha": m.lora_alpha, "targets": list(m.lora_targets)}
+    setup = prepare_finetune(model, m.mode, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
+                             lora_targets=tuple(m.lora_targets))
     spec = model_spec(model, task="classification", label_names=label_names, pretrained=source,
-                      mode=m["mode"], lora=lora, max_len=d["max_len"])
+                      mode=m.mode, lora=lora, max_len=d.max_len)
     if resume:
         check_same_model(run_dir, spec)
-        save_config(cfg, run_dir, HELP)
+        save_config(cfg, run_dir)
     if tdist.is_main():
         save_tokenizer(tokenizer, run_dir)
         write_json(run_dir / SPEC_FILE, spec)
 
-    batches = ClassificationBatches(train, tokenizer, max_len=d["max_len"], batch_size=d["batch_size"],
-                                    packed=d["packed"], shuffle=True, seed=t["seed"], augment=d["augment"] or None,
+    batches = ClassificationBatches(train, tokenizer, max_len=d.max_len, batch_size=d.batch_size,
+                                    packed=d.packed, shuffle=True, seed=t.seed, augment=d.augment or None,
                                     rank=rank, world_size=world)
-    steps_per_epoch = max(1, len(batches) // t["grad_accum"])
-    max_steps = t["max_steps"] or max(1, math.ceil(t["epochs"] * steps_per_epoch))
+    steps_per_epoch = max(1, len(batches) // t.grad_accum)
+    max_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
     eval_set = val if val is not None else test
-    eval_every = (t["eval_every"] or steps_per_epoch) if eval_set is not None else 0
+    eval_every = (t.eval_every or steps_per_epoch) if eval_set is not None else 0
     say(TAG, f"trainable {setup['trainable']:,} of {setup['total']:,} parameters; {max_steps} steps "
              f"({steps_per_epoch} per epoch), evaluating every {eval_every} steps on the "
              f"{'validation' if val is not None else 'test'} set" if eval_every else
         f"trainable {setup['trainable']:,} of {setup['total']:,} parameters; {max_steps} steps")
 
     eval_fn = None
-    trainer_ref: dict[str, Any] = {}
     if eval_set is not None:
-        eval_b = cls_data.eval_batches(eval_set, tokenizer, d["max_len"], d["eval_batch_size"], d["packed"])
+        eval_b = cls_data.eval_batches(eval_set, tokenizer, d.max_len, d.eval_batch_size, d.packed)
 
-        def eval_fn(model_: torch.nn.Module) -> dict[str, float]:
+        def eval_fn(model_: torch.nn.Module) -> dict[str, float]:  # the Trainer reports the results
             res = cls_data.evaluate_classifier(model_, eval_b, len(label_names))
-            tr = trainer_ref.get("trainer")
-            if tr is not None and not (t["progress"] and _tty()):
-                say(TAG, f"step {tr.step}/{max_steps}: {cls_data.fmt_metrics(res)}")
             return {k: res[k] for k in ("loss", "accuracy", "macro_f1")}
 
-    tcfg = train_config(cfg, str(run_dir), max_steps, eval_every)
+    metric = t.early_stop_metric
+    tcfg = train_config(t, str(run_dir), lr=t.lr or DEFAULT_LR[m.mode], betas=(0.9, 0.999),
+                        warmup_steps=int(t.warmup_ratio * max_steps), max_steps=max_steps, eval_every=eval_every,
+                        early_stop_patience=(t.early_stop_patience or None) if eval_every else None,
+                        early_stop_mode="min" if metric == "loss" else "max", restore_best=True)
     trainer = Trainer(model, batches, tcfg, eval_fn=eval_fn)
-    trainer_ref["trainer"] = trainer
     history = trainer.fit(resume=resume)
     model = trainer.model
     if trainer.best_step is not None and tcfg.early_stop_patience is None and trainer.best_step != trainer.step:
         trainer.load_best()  # export the best evaluated weights, not the last
     if trainer.stopped_early:
-        say(TAG, f"stopped early at step {trainer.step} (best {t['early_stop_metric']} "
+        say(TAG, f"stopped early at step {trainer.step} (best {t.early_stop_metric} "
                  f"{trainer.best_metric:.4f} at step {trainer.best_step})")
 
     results: dict[str, Any] = {}
@@ -224,17 +238,17 @@ def run(cfg: cfglib.Config, resume: bool = False, overwrite: bool = False) -> di
             k[len("eval_"):]: v for k, v in best.items() if k.startswith("eval_")} | {"step": best["step"]}
     if test is not None:
         t0 = time.perf_counter()
-        test_b = cls_data.eval_batches(test, tokenizer, d["max_len"], d["eval_batch_size"], d["packed"])
+        test_b = cls_data.eval_batches(test, tokenizer, d.max_len, d.eval_batch_size, d.packed)
         results["test"] = cls_data.evaluate_classifier(model, test_b, len(label_names))
         results["test"]["seconds"] = time.perf_counter() - t0
         say(TAG, f"test: {cls_data.fmt_metrics(results['test'])} ({len(test)} examples)")
 
     baseline = None
-    if cfg["baseline"]["tfidf"] and tdist.is_main():
+    if cfg.baseline.tfidf and tdist.is_main():
         target = test if test is not None else val
         if target is None:
             raise ValueError("baseline.tfidf needs a test set (data.test) or a validation split (data.val_fraction)")
-        baseline = cls_data.tfidf_baseline(train, target, cfg["baseline"])
+        baseline = cls_data.tfidf_baseline(train, target, cfg.baseline)
         say(TAG, f"baseline TF-IDF + logistic regression: accuracy {baseline['accuracy']:.4f}, macro_f1 "
                  f"{baseline['macro_f1']:.4f} ({baseline['seconds']:.1f} s)")
 
@@ -242,10 +256,10 @@ def run(cfg: cfglib.Config, resume: bool = False, overwrite: bool = False) -> di
     if tdist.is_main():
         export_final(model, run_dir, spec)
         summary = {
-            "verb": TAG, "run_dir": str(run_dir), "pretrained": source, "mode": m["mode"],
+            "verb": TAG, "run_dir": str(run_dir), "pretrained": source, "mode": m.mode,
             "label_names": label_names, "trainable_params": setup["trainable"], "total_params": setup["total"],
             "train_examples": len(train), "val_examples": len(val) if val else 0,
-            "test_examples": len(test) if test else 0, "max_len": d["max_len"], "steps": trainer.step,
+            "test_examples": len(test) if test else 0, "max_len": d.max_len, "steps": trainer.step,
             "max_steps": max_steps, "steps_per_epoch": steps_per_epoch, "epochs_run": trainer.step / steps_per_epoch,
             "best_step": trainer.best_step, "stopped_early": trainer.stopped_early, **results,
             "baseline": baseline, "bad_rows": train.bad_rows, "train_s": trainer.elapsed,
@@ -258,9 +272,5 @@ def run(cfg: cfglib.Config, resume: bool = False, overwrite: bool = False) -> di
     return summary or {}
 
 
-def _tty() -> bool:
-    import sys
-    return sys.stderr.isatty()
-
-
-__all__ = ["DEFAULTS", "HELP", "run", "check", "load_pretrained", "minilm_path"]
+__all__ = ["CONFIG", "FinetuneConfig", "ModelSection", "DataSection", "TrainSettings", "BaselineSection", "run",
+           "check", "load_pretrained", "minilm_path"]

@@ -12,13 +12,16 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from tforge.commands.runs import TOKENIZER_DIR, model_device, say, to_device
+
+if TYPE_CHECKING:
+    from tforge.commands.pretrain import DataSection, ModelSection
 
 SHAKESPEARE = "shakespeare"
 OBJECTIVES = ("clm", "mlm")
@@ -42,13 +45,12 @@ def resolve_sources(sources: list[str]) -> list[str]:
     return out
 
 
-def load_text_corpus(data_cfg: dict) -> Any:
+def load_text_corpus(data_cfg: "DataSection") -> Any:
     from tforge.data import load_corpus
-    sources = resolve_sources(list(data_cfg["sources"]))
-    weights = list(data_cfg.get("weights") or []) or None
-    return load_corpus(sources, weights=weights, text_field=data_cfg.get("text_field", "text"),
-                       line_docs=bool(data_cfg.get("line_docs", False)),
-                       cache_dir=data_cfg.get("cache_dir") or None)
+    sources = resolve_sources(list(data_cfg.sources))
+    weights = list(data_cfg.weights or []) or None
+    return load_corpus(sources, weights=weights, text_field=data_cfg.text_field, line_docs=data_cfg.line_docs,
+                       cache_dir=data_cfg.cache_dir or None)
 
 
 def _plain_files(corpus: Any) -> Optional[list[str]]:
@@ -60,7 +62,7 @@ def _plain_files(corpus: Any) -> Optional[list[str]]:
     return None
 
 
-def prepare_tokenizer(data_cfg: dict, objective: str, corpus: Any, run_dir: Path, tag: str) -> Any:
+def prepare_tokenizer(data_cfg: "DataSection", objective: str, corpus: Any, run_dir: Path, tag: str) -> Any:
     """The run's tokenizer: reused from run_dir/tokenizer when present (resume),
     else trained with sentencepiece on the corpus (data.tokenizer = "") or
     copied from data.tokenizer (a .model file or an HF model folder). Rank 0
@@ -71,13 +73,13 @@ def prepare_tokenizer(data_cfg: dict, objective: str, corpus: Any, run_dir: Path
 
     dest = run_dir / TOKENIZER_DIR
     if tdist.is_main() and not (dest.is_dir() and any(dest.iterdir())):
-        source = data_cfg.get("tokenizer") or ""
+        source = data_cfg.tokenizer or ""
         if source:
             say(tag, f"tokenizer: {source}")
             save_tokenizer(load_tokenizer(source), run_dir)
         else:
-            vocab = int(data_cfg["vocab_size"])
-            kind = data_cfg.get("tokenizer_type", "unigram")
+            vocab = int(data_cfg.vocab_size)
+            kind = data_cfg.tokenizer_type
             files = _plain_files(corpus)
             say(tag, f"training a sentencepiece {kind} tokenizer (vocab {vocab}) on "
                      f"{f'{len(files)} text files' if files else 'the corpus'} ...")
@@ -85,15 +87,15 @@ def prepare_tokenizer(data_cfg: dict, objective: str, corpus: Any, run_dir: Path
             tmp_prefix = dest / "tokenizer"
             # byte fallback spells rare characters as UTF-8 bytes instead of <unk>; its 256 byte pieces
             # only fit a vocabulary of some size
-            byte_fallback = bool(data_cfg.get("byte_fallback", True)) and vocab >= BYTE_FALLBACK_MIN_VOCAB
+            byte_fallback = bool(data_cfg.byte_fallback) and vocab >= BYTE_FALLBACK_MIN_VOCAB
             try:
                 SPTokenizer.train(files if files else corpus, vocab, model_type=kind, prefix=tmp_prefix,
-                                  mlm=(objective == "mlm"), input_sentence_size=int(data_cfg["tokenizer_sentences"]),
+                                  mlm=(objective == "mlm"), input_sentence_size=int(data_cfg.tokenizer_sentences),
                                   seed=0, hard_vocab_limit=False, byte_fallback=byte_fallback)
             except ValueError as e:
                 if "empty" not in str(e):
                     raise
-                raise ValueError(f"data.sources {list(data_cfg['sources'])} hold no text (empty or only "
+                raise ValueError(f"data.sources {list(data_cfg.sources)} hold no text (empty or only "
                                  f"whitespace): nothing to train a tokenizer on") from None
             vocab_file = dest / "tokenizer.vocab"
             if vocab_file.exists():
@@ -102,17 +104,17 @@ def prepare_tokenizer(data_cfg: dict, objective: str, corpus: Any, run_dir: Path
     tokenizer = load_run_tokenizer(run_dir)
     if objective == "mlm" and getattr(tokenizer, "mask_id", None) is None:
         raise ValueError(f"model.objective = \"mlm\" needs a tokenizer with a [MASK] token; "
-                         f"{data_cfg.get('tokenizer') or 'the trained tokenizer'} has none")
+                         f"{data_cfg.tokenizer or 'the trained tokenizer'} has none")
     return tokenizer
 
 
-def tokenize(corpus: Any, tokenizer: Any, data_cfg: dict, tag: str) -> Any:
+def tokenize(corpus: Any, tokenizer: Any, data_cfg: "DataSection", tag: str) -> Any:
     """The cached token file of the corpus (rank 0 builds it, the others reuse it)."""
     from tforge.data import tokenize_to_shards
     from tforge.train import distributed as tdist
-    cache = data_cfg.get("cache_dir") or None
+    cache = data_cfg.cache_dir or None
     cache = os.path.join(cache, "tokens") if cache else None
-    num_proc = max(1, int(data_cfg.get("num_proc", 1)))
+    num_proc = max(1, int(data_cfg.num_proc))
     tf = None
     if tdist.is_main():
         tf = tokenize_to_shards(corpus, tokenizer, cache_dir=cache, num_proc=num_proc)
@@ -216,18 +218,18 @@ def lm_evaluate(model: nn.Module, batches: Iterable[dict], max_batches: int = 0)
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "batches": n}
 
 
-def build_lm_model(model_cfg: dict, vocab_size: int, pad_id: Optional[int]) -> nn.Module:
+def build_lm_model(model_cfg: "ModelSection", vocab_size: int, pad_id: Optional[int]) -> nn.Module:
     from tforge.models import BertConfig, BertForMaskedLM, GPT, GPTConfig
-    objective = model_cfg["objective"]
-    d_ff = int(model_cfg.get("d_ff") or 0) or None
+    objective = model_cfg.objective
+    d_ff = model_cfg.d_ff or None
     if objective == "clm":
-        return GPT(GPTConfig(vocab_size=vocab_size, n_layer=model_cfg["n_layer"], n_head=model_cfg["n_head"],
-                             d_model=model_cfg["d_model"], d_ff=d_ff, max_seq_len=model_cfg["seq_len"],
-                             pos=model_cfg["pos"], norm=model_cfg["norm"], mlp=model_cfg["mlp"],
-                             dropout=model_cfg["dropout"]))
-    return BertForMaskedLM(BertConfig(vocab_size=vocab_size, n_layer=model_cfg["n_layer"], n_head=model_cfg["n_head"],
-                                      d_model=model_cfg["d_model"], d_ff=d_ff or 4 * model_cfg["d_model"],
-                                      max_position=model_cfg["seq_len"], dropout=model_cfg["dropout"],
+        return GPT(GPTConfig(vocab_size=vocab_size, n_layer=model_cfg.n_layer, n_head=model_cfg.n_head,
+                             d_model=model_cfg.d_model, d_ff=d_ff, max_seq_len=model_cfg.seq_len,
+                             pos=model_cfg.pos, norm=model_cfg.norm, mlp=model_cfg.mlp,
+                             dropout=model_cfg.dropout))
+    return BertForMaskedLM(BertConfig(vocab_size=vocab_size, n_layer=model_cfg.n_layer, n_head=model_cfg.n_head,
+                                      d_model=model_cfg.d_model, d_ff=d_ff or 4 * model_cfg.d_model,
+                                      max_position=model_cfg.seq_len, dropout=model_cfg.dropout,
                                       pad_token_id=pad_id if pad_id is not None else 0))
 
 

@@ -9,33 +9,46 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tforge.commands import config as cfglib
-from tforge.commands.runs import CHECKPOINT_CHOICES, check_run_dir, load_run_model, model_device, run_config, say
+from tforge.commands.config import section, setting
+from tforge.commands.runs import check_run_dir, load_run_model, model_device, run_config, say
+from tforge.commands.sections import RunSource
 
 TAG = "predict"
 
-DEFAULTS: cfglib.Config = {
-    "run": {"dir": "", "checkpoint": "auto", "device": "cpu"},
-    "predict": {"prompts": [], "texts": [], "input": "", "text_column": "", "output": "", "max_new_tokens": 100,
-                "temperature": 0.8, "top_k": 40, "seed": 0, "batch_size": 32},
-}
 
-HELP = {
-    "run.dir": "the run folder whose model predicts",
-    "run.checkpoint": f"which weights: {', '.join(CHECKPOINT_CHOICES)} or a checkpoint folder",
-    "predict.prompts": "clm: texts to continue",
-    "predict.texts": "classifier: texts to label; mlm: texts with [MASK] tokens",
-    "predict.input": "classifier: a txt (one text a line), csv, jsonl or parquet file of texts",
-    "predict.text_column": "column of --input (\"\" = the run's data.text_column, else \"text\")",
-    "predict.output": "write predictions as JSON lines here",
-    "predict.temperature": "clm: sampling temperature (0 = greedy)",
-    "predict.top_k": "clm: sample from the k likeliest tokens; mlm: candidates shown per mask",
-}
+@dataclass
+class PredictSection:
+    prompts: list[str] = setting([], "clm: texts to continue", flag="--prompt", metavar="TEXT", repeat=True)
+    texts: list[str] = setting([], "classifier: texts to label; mlm: texts with [MASK] tokens", flag="--text",
+                               metavar="TEXT", repeat=True)
+    input: str = setting("", "classifier: a txt (one text a line), csv, jsonl or parquet file of texts",
+                         flag="--input", metavar="FILE")
+    text_column: str = setting("", "column of --input (\"\" = the run's data.text_column, else \"text\")")
+    output: str = setting("", "write the predictions as JSON lines to this file (\"\" = only print them)",
+                          flag="--output", metavar="FILE")
+    max_new_tokens: int = setting(100, "clm: tokens to generate per prompt", min=0, flag="--max-new-tokens",
+                                  metavar="N")
+    temperature: float = setting(0.8, "clm: sampling temperature (0 = greedy)", min=0.0, flag="--temperature",
+                                 metavar="T")
+    top_k: int = setting(40, "clm: sample from the k likeliest tokens (0 = all); mlm: candidates shown per mask",
+                         min=0, flag="--top-k", metavar="K")
+    seed: int = setting(0, "clm: sampling seed", flag="--seed", metavar="N")
+    batch_size: int = setting(32, "classifier: texts per batch", min=1)
+
+
+@dataclass
+class PredictConfig:
+    run: RunSource = section(RunSource)
+    predict: PredictSection = section(PredictSection)
+
+
+CONFIG = PredictConfig
 
 
 def read_texts(path: str, column: str) -> list[str]:
@@ -113,46 +126,46 @@ def fill_masks(model: Any, tokenizer: Any, text: str, top_k: int) -> dict[str, A
     return {"text": text, "fills": fills}
 
 
-def run(cfg: cfglib.Config) -> list[dict[str, Any]]:
-    r, p = cfg["run"], cfg["predict"]
-    run_dir = check_run_dir(r["dir"])
-    model, tokenizer, spec, source = load_run_model(run_dir, r["checkpoint"], device=r["device"])
+def run(cfg: PredictConfig) -> list[dict[str, Any]]:
+    r, p = cfg.run, cfg.predict
+    run_dir = check_run_dir(r.dir)
+    model, tokenizer, spec, source = load_run_model(run_dir, r.checkpoint, device=r.device)
     arch = spec["architecture"]
     results: list[dict[str, Any]] = []
     if arch == "GPT":
         from tforge.commands.lm_data import generate_sample
-        prompts = list(p["prompts"]) or list(p["texts"])
+        prompts = list(p.prompts) or list(p.texts)
         if not prompts:
             raise ValueError("give a --prompt to continue (a clm model generates text)")
         for prompt in prompts:
-            text = generate_sample(model, tokenizer, prompt, int(p["max_new_tokens"]), p["temperature"],
-                                   p["top_k"], seed=p["seed"])
+            text = generate_sample(model, tokenizer, prompt, int(p.max_new_tokens), p.temperature,
+                                   p.top_k, seed=p.seed)
             results.append({"prompt": prompt, "text": text})
             print(text, flush=True)
             print("---", flush=True)
     elif arch == "BertForMaskedLM":
-        if not p["texts"]:
+        if not p.texts:
             raise ValueError("give a --text with [MASK] tokens (an mlm model fills masks)")
-        for text in p["texts"]:
-            res = fill_masks(model, tokenizer, text, int(p["top_k"]) if p["top_k"] > 0 else 5)
+        for text in p.texts:
+            res = fill_masks(model, tokenizer, text, int(p.top_k) if p.top_k > 0 else 5)
             results.append(res)
             for k, cands in enumerate(res["fills"]):
                 shown = ", ".join(f"{c['token']!r} {c['prob']:.3f}" for c in cands[:5])
                 print(f"{text}  [MASK #{k + 1}]: {shown}", flush=True)
     else:
-        texts = list(p["texts"])
-        if p["input"]:
-            column = p["text_column"] or run_config(run_dir).get("data", {}).get("text_column") or "text"
-            texts += read_texts(p["input"], column)
+        texts = list(p.texts)
+        if p.input:
+            column = p.text_column or run_config(run_dir).get("data", {}).get("text_column") or "text"
+            texts += read_texts(p.input, column)
         if not texts:
             raise ValueError("give --text TEXT (repeatable) or --input FILE to label")
         label_names = spec.get("label_names") or [str(i) for i in range(int(spec["num_labels"]))]
-        results = classify(model, tokenizer, texts, label_names, int(spec.get("max_len") or 128), p["batch_size"])
+        results = classify(model, tokenizer, texts, label_names, int(spec.get("max_len") or 128), p.batch_size)
         for res in results:
             short = res["text"] if len(res["text"]) <= 70 else res["text"][:67] + "..."
             print(f"{res['label']}\t{res['score']:.3f}\t{short}", flush=True)
-    if p["output"]:
-        out = Path(p["output"])
+    if p.output:
+        out = Path(p.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", encoding="utf-8") as f:
             for res in results:
@@ -161,4 +174,4 @@ def run(cfg: cfglib.Config) -> list[dict[str, Any]]:
     return results
 
 
-__all__ = ["DEFAULTS", "HELP", "run", "read_texts", "classify", "fill_masks"]
+__all__ = ["CONFIG", "PredictConfig", "PredictSection", "run", "read_texts", "classify", "fill_masks"]

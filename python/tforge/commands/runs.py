@@ -191,10 +191,11 @@ def read_json(path: PathLike) -> Any:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
 
 
-def save_config(cfg: cfglib.Config, run_dir: Path, comments: Optional[dict] = None) -> None:
+def save_config(cfg: cfglib.Config, run_dir: Path) -> None:
+    """Write the resolved config (commented with each setting's help) as run_dir/config.toml."""
     from tforge.train import distributed as tdist
     if tdist.is_main():
-        cfglib.save(cfg, run_dir / CONFIG_FILE, comments)
+        cfglib.save(cfg, run_dir / CONFIG_FILE)
 
 
 def check_run_dir(run: PathLike) -> Path:
@@ -210,10 +211,16 @@ def check_run_dir(run: PathLike) -> Path:
     return path
 
 
-def run_config(run_dir: Path) -> cfglib.Config:
+def run_config(run_dir: Path) -> dict[str, dict[str, Any]]:
     """The config.toml a run was made with (a plain dict; {} when absent)."""
     p = run_dir / CONFIG_FILE
     return cfglib.load_toml(p) if p.is_file() else {}
+
+
+def run_settings(run_dir: Path, config_cls: type) -> Any:
+    """The config a run was made with, as config_cls: keys an older run lacks take their
+    defaults; keys this version does not know are skipped (the values it has are checked)."""
+    return cfglib.from_dict(config_cls, run_config(run_dir), source=str(run_dir / CONFIG_FILE), strict=False)
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -430,4 +437,4 @@ def isatty() -> bool:
 __all__ = ["say", "fmt_seconds", "new_run_dir", "write_json", "read_json", "save_config", "check_run_dir",
            "run_config", "save_tokenizer", "load_run_tokenizer", "model_spec", "build_model", "export_final",
            "load_weights", "load_run_model", "check_device", "check_same_model", "model_device", "to_device",
-           "model_bytes", "CHECKPOINT_CHOICES"]
+           "model_bytes", "CHECKPOINT_CHOICES", "run_settings"]
