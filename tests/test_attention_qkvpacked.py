@@ -239,3 +239,89 @@ _CU = torch.tensor([0, 2, 4], dtype=torch.int32)
 def test_qkvpacked_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------- rotary on a packed qkv, tforge.nn.Attention
+
+def _rope_textbook(x, positions, base=10000.0):
+    """x * cos + rotate_half(x) * sin in fp64, x (..., S, heads, D)."""
+    d = x.shape[-1]
+    inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    ang = positions.double()[:, None] * inv
+    cos, sin = torch.cat([ang.cos()] * 2, -1)[:, None], torch.cat([ang.sin()] * 2, -1)[:, None]
+    x1, x2 = x[..., :d // 2], x[..., d // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["float32", "bfloat16"])
+def test_rope_qkvpacked_matches_textbook(dtype):
+    """q and k heads rotated, v heads copied; the gradient is the inverse rotation (and identity on v)."""
+    hq, hk, d, s = 4, 2, 16, 11
+    positions = torch.arange(s) + 3
+    rot = tforge.nn.RotaryEmbedding(d)
+    qkv = torch.randn(2, s, hq + 2 * hk, d).to(dtype).requires_grad_()
+    cos, sin = rot.tables(positions, dtype)
+    out = tforge.nn.rope_qkvpacked(qkv, cos, sin, hq + hk)
+    g = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, qkv, g)
+    q64 = qkv.detach().double().requires_grad_()
+    ref = torch.cat([_rope_textbook(q64[..., :hq + hk, :], positions), q64[..., hq + hk:, :]], dim=-2)
+    (ref_grad,) = torch.autograd.grad(ref, q64, g.double())
+    assert_close(out, ref, dtype)
+    assert_close(grad, ref_grad, dtype, backward=True)
+    assert torch.equal(out[..., hq + hk:, :], qkv[..., hq + hk:, :])
+    # apply_rotary (full-width tables, fp32 math) is the same rotation
+    full_cos, full_sin = rot(positions)
+    assert_close(tforge.nn.apply_rotary(qkv[..., :hq, :], full_cos, full_sin), ref[..., :hq, :], dtype)
+
+
+def test_rope_gradcheck_and_compile():
+    x = torch.randn(5, 3, 8, dtype=torch.float64, requires_grad=True)
+    rot = tforge.nn.RotaryEmbedding(8)
+    cos, sin = rot.tables(torch.arange(5), torch.float64)
+    assert torch.autograd.gradcheck(lambda t: tforge.nn.rope_qkvpacked(t, cos, sin, 2), (x,))
+    torch._dynamo.reset()
+    f = torch.compile(lambda t: tforge.nn.rope_qkvpacked(t, cos, sin, 2), fullgraph=True, backend="aot_eager")
+    assert_close(f(x), tforge.nn.rope_qkvpacked(x, cos, sin, 2))
+    with pytest.raises(ValueError, match="heads_qk"):
+        tforge.nn.rope_qkvpacked(x, cos, sin, 4)
+
+
+def _attention_module_reference(m, x, positions, bias):
+    """m's function from its weights, in fp64 with textbook ops (padded form)."""
+    hq, hk, d = m.num_heads, m.num_kv_heads, m.head_dim
+    w = {k: v.double() for k, v in m.state_dict().items()}
+    qkv = torch.nn.functional.linear(x.double(), w["qkv.weight"], w.get("qkv.bias"))
+    q, k, v = qkv.view(*x.shape[:2], hq + 2 * hk, d).split([hq, hk, hk], dim=-2)
+    if m.rotary is not None:
+        q, k = _rope_textbook(q, positions), _rope_textbook(k, positions)
+    from tforge.ops.attention import attention_ref
+    out = attention_ref(q, k, v, m.causal, None, m.window, bias)
+    return torch.nn.functional.linear(out.flatten(-2), w["o.weight"], w.get("o.bias"))
+
+
+@pytest.mark.parametrize("linear", ["torch", "tforge"])
+@pytest.mark.parametrize("rotary,causal,window,bias", [(True, True, None, False), (False, False, (3, 2), True)],
+                         ids=["rotary-causal", "window-bias"])
+def test_nn_attention_matches_reference(linear, rotary, causal, window, bias):
+    lin = torch.nn.Linear if linear == "torch" else tforge.nn.Linear
+    m = tforge.nn.Attention(48, 6, num_kv_heads=2, bias=True, causal=causal, rotary=rotary, window=window, linear=lin)
+    x = torch.randn(2, 13, 48)
+    attn_bias = torch.randn(2, 1, 13, 13) if bias else None
+    out = m(x, attn_bias=attn_bias)
+    assert_close(out, _attention_module_reference(m, x, torch.arange(13), attn_bias))
+    assert type(m.qkv) is lin and m.qkv.lora_segments[1] == ("k", 16) and m.o.lora_role == "o"
+    # packed form: two sequences, positions restart
+    cu = tforge.cu_seqlens_from_lengths([13, 13])
+    assert_close(m(x.reshape(26, 48), cu_seqlens=cu).view(2, 13, 48), m(x) if not bias else
+                 _attention_module_reference(m, x, torch.arange(13), None))
+
+
+def test_nn_attention_loads_out_proj_state_dict():
+    """The output projection was called out_proj: such state dicts load into o."""
+    m = tforge.nn.Attention(16, 2)
+    old = {k.replace("o.", "out_proj.", 1) if k.startswith("o.") else k: v for k, v in m.state_dict().items()}
+    assert "out_proj.weight" in old
+    fresh = tforge.nn.Attention(16, 2)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.o.weight, m.o.weight) and torch.equal(fresh.o.bias, m.o.bias)

@@ -428,6 +428,23 @@ def test_bert_gradients_and_training_mode():
     assert torch.isfinite(mlm.bert.embeddings.word_embeddings.weight.grad).all()
 
 
+def test_bert_loads_state_dicts_from_before_the_attention_module(tmp_path):
+    """Checkpoints written when the attention output dense was attention.output.dense (HF's name) load
+    into attention.self.o: through load_state_dict (runs, trainer checkpoints) and a safetensors file."""
+    from safetensors.torch import load_file, save_file
+    cfg = BertConfig.preset("tiny", vocab_size=101, linear="torch")
+    model = BertForSequenceClassification(cfg, 2).eval()
+    old = {k.replace(".attention.self.o.", ".attention.output.dense."): v.clone()
+           for k, v in model.state_dict().items()}
+    assert "bert.encoder.layer.1.attention.output.dense.weight" in old and not any(".self.o." in k for k in old)
+    save_file({k: v.contiguous() for k, v in old.items()}, str(tmp_path / "old.safetensors"))
+    fresh = BertForSequenceClassification(BertConfig.preset("tiny", vocab_size=101), 2).eval()
+    assert fresh.load_state_dict(load_file(str(tmp_path / "old.safetensors"))) is not None  # strict: all keys
+    ids, mask, types = _batch()
+    assert_close(fresh(ids, attention_mask=mask, token_type_ids=types).logits,
+                 model(ids, attention_mask=mask, token_type_ids=types).logits)
+
+
 def test_bert_input_errors(tmp_path):
     model = BertEncoder(BertConfig.preset("tiny", vocab_size=101))
     ids = torch.randint(1, 101, (2, 5))
