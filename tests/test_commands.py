@@ -311,6 +311,19 @@ def test_old_finetune_config_loads(tmp_path):
                                    "train": {**cfglib.to_dict(finetune.CONFIG())["train"], "lr": 0.0}}
 
 
+def test_run_settings_read_other_versions_run_folders(tmp_path):
+    """evaluate / compress read a run's config.toml leniently: missing keys take their defaults, keys this
+    version does not know are skipped, but a known key with a wrong type is still an error naming it."""
+    from tforge.commands import pretrain
+    from tforge.commands.runs import run_settings
+    (tmp_path / "config.toml").write_text('[model]\nn_layer = 2\nfuture_knob = 1\n[later_section]\nx = 1\n')
+    cfg = run_settings(tmp_path, pretrain.CONFIG)
+    assert cfg.model.n_layer == 2 and cfg.model.seq_len == pretrain.CONFIG().model.seq_len
+    (tmp_path / "config.toml").write_text('[model]\nn_layer = "two"\n')
+    with pytest.raises(cfglib.ConfigError, match="model.n_layer must be a number"):
+        run_settings(tmp_path, pretrain.CONFIG)
+
+
 def test_print_config_and_errors_exit_2(capsys):
     rc, out, _ = run_cli(["pretrain", "--print-config", "--steps", "7", "--set", "model.d_model=48"], capsys)
     assert rc == 0

@@ -463,6 +463,33 @@ def test_eval_early_stopping_keeps_and_restores_best(tmp_path):
         Trainer(TinyLM(), ToyBatches(), bad_cfg, eval_fn=lambda m: {"accuracy": 1.0}).fit()
 
 
+def test_eval_results_reported_without_a_progress_bar(tmp_path, caplog):
+    """Piped output has no progress bar: the Trainer logs each evaluation with its step (callers' eval_fn only
+    computes the metrics)."""
+    cfg = make_config(tmp_path, max_steps=4, eval_every=2)
+    with caplog.at_level("INFO", logger="tforge.train"):
+        Trainer(TinyLM(), ToyBatches(), cfg, eval_fn=lambda m: {"loss": 1.5, "ppl": 4.48}).fit()
+    lines = [r.getMessage() for r in caplog.records if " eval: " in r.getMessage()]
+    assert lines == ["step 2/4 eval: loss 1.5, ppl 4.48", "step 4/4 eval: loss 1.5, ppl 4.48"]
+
+
+def test_train_section_becomes_train_config(tmp_path):
+    """The verbs' [train] sections map onto TrainConfig by name through one function; what a verb derives
+    (max_steps from epochs, lr by mode) is passed on top."""
+    from tforge.commands import finetune, pretrain
+    from tforge.commands.sections import train_config
+    t = pretrain.CONFIG().train
+    tc = train_config(t, str(tmp_path), min_lr=t.lr * t.min_lr_ratio)
+    assert (tc.lr, tc.min_lr, tc.max_steps, tc.keep_last, tc.eval_every, tc.device, tc.out_dir) == \
+        (1e-3, 1e-4, 1000, 2, 100, None, str(tmp_path))
+    f = finetune.CONFIG().train
+    tc = train_config(f, str(tmp_path), lr=5e-5, max_steps=30, eval_every=10)
+    assert (tc.lr, tc.max_steps, tc.weight_decay, tc.early_stop_metric, tc.early_stop_patience) == \
+        (5e-5, 30, 0.01, "macro_f1", 2)
+    f.early_stop_patience = 0  # the section's "never" is TrainConfig's None
+    assert train_config(f, str(tmp_path), lr=5e-5, max_steps=30).early_stop_patience is None
+
+
 # ---------------------------------------------------------------- metrics
 
 def test_accuracy_and_macro_f1_match_sklearn():

@@ -16,6 +16,7 @@ of TOML files when unset (TOML has no null).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -197,6 +198,7 @@ def merge(cfg: C, update: Mapping[str, Mapping[str, Any]], *, source: str, stric
     Unknown sections or keys are errors naming the known ones (typos must not pass silently);
     strict=False skips them instead (reading a run folder an other tforge version wrote)."""
     sections = section_types(type(cfg))
+    cfg = copy.deepcopy(cfg)  # the result shares no section or list with the config it came from
     changed = {}
     for name, body in update.items():
         if name not in sections:

@@ -70,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds; for the tests
 
 
-# Sizes per profile: nested overrides of each command's defaults (TOML names). "full" is sized for about 15 minutes on 2 free
-# CPU cores, "quick" for about 3, "tiny" (hidden, for the tests) for seconds.
+# Sizes per profile: nested overrides of each command's defaults, by TOML section and key. "full" is sized for
+# about 15 minutes on 2 free CPU cores, "quick" for about 3, "tiny" (hidden, for the tests) for seconds.
 PROFILES: dict[str, dict[str, dict]] = {
     "full": {
         "pretrain": {

@@ -54,7 +54,9 @@ def train_config(train: TrainSection, out_dir: str, **derived: Any) -> TrainConf
     """The TrainConfig of a verb's [train] section: every key TrainConfig has by the same
     name, then `derived` (what the verb computes: max_steps from epochs, lr by mode, ...)."""
     shared = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(train, f.name)}
-    shared["device"] = train.device or None
+    shared["device"] = train.device or None  # TOML has no null: "" means "pick one"
+    if "early_stop_patience" in shared:
+        shared["early_stop_patience"] = shared["early_stop_patience"] or None  # 0 = never stop early
     return TrainConfig(**{**shared, "out_dir": out_dir, **derived})
 
 
