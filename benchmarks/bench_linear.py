@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""Benchmark tforge.nn.Linear (tforge.linear: its "cpu" backend runs fp32 GEMMs
-through oneDNN, its "torch" backend F.linear) against torch.nn.Linear, on CPU at
-the GPT benchmark's shapes (8192 tokens, d_model 384, vocab 8192), interleaved.
+"""Benchmark tforge.nn.Linear against torch.nn.Linear, and PyTorch's oneDNN
+matmul against both, on CPU at the GPT benchmark's shapes (8192 tokens,
+d_model 384, vocab 8192), interleaved.
 
-Candidates, all modules with the same weights, called as a model calls them:
-  nn.Linear     torch.nn.Linear (F.linear with PyTorch's autograd): the peer
-  tforge[cpu]   tforge.nn.Linear(backend="cpu"): oneDNN for y and dx, mm for dW
-  tforge[torch] tforge.nn.Linear(backend="torch"): F.linear inside the custom op,
-                so against nn.Linear it shows what the op's dispatch costs
+Candidates, all with the same weights, called as a model calls them:
+  nn.Linear      torch.nn.Linear (F.linear, PyTorch's autograd): the peer
+  tforge         tforge.nn.Linear (tforge.linear: argument checks, then F.linear),
+                 so against nn.Linear it shows what the checks cost
+  onednn         y and dx through torch.ops.mkldnn._linear_pointwise, dW by mm, in
+                 an autograd.Function: the CPU path models/gpt.py used to take. It
+                 is timed here (and only here) so that the decision to drop it
+                 (benchmarks/results/linear.md) can be re-checked on another CPU;
+                 left out when this torch lacks a working op
 Directions: fwd (under torch.no_grad) and fwdbwd (x and the parameters require
 grad; forward, then torch.autograd.grad for dx, dW (, db)). Each case is timed
 for each thread count (torch.set_num_threads) with OMP_WAIT_POLICY=PASSIVE
@@ -38,7 +42,6 @@ import torch  # noqa: E402
 
 import tforge  # noqa: E402
 from tforge.bench import harness, machine, report  # noqa: E402
-from tforge.ops import linear as linear_mod  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OP = "linear"
@@ -54,7 +57,50 @@ SHAPES = {
 QUICK_SHAPE = {"quick": (256, 96, 160)}
 DIRECTIONS = ("fwd", "fwdbwd")
 PEER = "nn.Linear"
-TFORGE_BACKENDS = ("cpu", "torch")
+
+
+# ---------------------------------------------------------------- the oneDNN contender (private torch op)
+
+def _onednn_mm(a2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(a2, w, None, "none", [], "")
+
+
+def onednn_usable() -> bool:
+    """Does this torch's private oneDNN linear exist and compute a @ w^T (w plain and transposed)?"""
+    try:
+        a = torch.arange(6.0).view(2, 3)
+        w = torch.arange(12.0).view(4, 3) - 5
+        dy = torch.arange(8.0).view(2, 4) - 3
+        return bool(torch.backends.mkldnn.is_available() and torch.equal(_onednn_mm(a, w), a @ w.t())
+                    and torch.equal(_onednn_mm(dy, w.t()), dy @ w))
+    except Exception:
+        return False
+
+
+class OneDnnLinear(torch.autograd.Function):
+    """y = x W^T + b with oneDNN for y and dx, mm for dW (models/gpt.py's former _OneDnnLinear)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x2 = x.reshape(-1, x.shape[-1])
+        y = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "none", [], "")
+        ctx.save_for_backward(x2, weight)
+        ctx.has_bias = bias is not None
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dx = _onednn_mm(dy2, weight.t()).view(*dy.shape[:-1], weight.shape[1]) if ctx.needs_input_grad[0] else None
+        dw = dy2.t().mm(x2) if ctx.needs_input_grad[1] else None
+        db = dy2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+class OneDnnModule(torch.nn.Linear):
+    def forward(self, x):
+        return OneDnnLinear.apply(x, self.weight, self.bias)
 
 
 def _csv(text: str) -> list[str]:
@@ -82,14 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_modules(k: int, n: int, bias: bool, seed: int = 0) -> dict[str, torch.nn.Module]:
-    """The peer and one tforge.nn.Linear per backend, all holding the same (copied) parameters."""
+    """The peer, tforge.nn.Linear and (when usable) the oneDNN module, holding the same parameters."""
     torch.manual_seed(seed)
     peer = torch.nn.Linear(k, n, bias=bias)
-    mods: dict[str, torch.nn.Module] = {PEER: peer}
-    for be in TFORGE_BACKENDS:
-        m = tforge.nn.Linear(k, n, bias=bias, backend=be)
+    mods: dict[str, torch.nn.Module] = {PEER: peer, "tforge": tforge.nn.Linear(k, n, bias=bias)}
+    if onednn_usable():
+        mods["onednn"] = OneDnnModule(k, n, bias=bias)
+    for m in mods.values():
         m.load_state_dict(peer.state_dict())
-        mods[f"tforge[{be}]"] = m
     return mods
 
 
@@ -105,7 +151,7 @@ def direction_fn(direction: str, mod: torch.nn.Module, x: torch.Tensor, dy: torc
 
 
 def check(mods: dict, x: torch.Tensor, dy: torch.Tensor) -> dict[str, str]:
-    """'ok' or what differs: each tforge module's output and gradients against nn.Linear's
+    """'ok' or what differs: each candidate's output and gradients against nn.Linear's
     (relative norm error, fp32: the GEMMs may sum in another order)."""
     out = {}
     xg = x.detach().requires_grad_(True)
@@ -161,10 +207,10 @@ class CpuTimes:
 
 
 def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
-    shapes = QUICK_SHAPE if args.quick else {s: SHAPES[s] for s in (args.shapes or SHAPES)} \
-        if all(s in SHAPES for s in (args.shapes or SHAPES)) else None
-    if shapes is None:
-        raise SystemExit(f"unknown shape name(s) in {args.shapes}; expected {', '.join(SHAPES)}")
+    unknown = [s for s in args.shapes or () if s not in SHAPES]
+    if unknown:
+        raise SystemExit(f"unknown shape name(s) {', '.join(unknown)}; expected {', '.join(SHAPES)}")
+    shapes = QUICK_SHAPE if args.quick else {s: SHAPES[s] for s in (args.shapes or SHAPES)}
     bad = [d for d in args.directions if d not in DIRECTIONS]
     if bad:
         raise SystemExit(f"unknown direction(s) {', '.join(bad)}; expected {', '.join(DIRECTIONS)}")
@@ -176,12 +222,12 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     malloc_reuse = harness.malloc_reuse() if args.malloc_reuse else False
     if args.malloc_reuse and not malloc_reuse:
         notes.append("--malloc-reuse had no effect (not glibc)")
-    if not linear_mod.onednn_available():
-        notes.append("this torch has no usable torch.ops.mkldnn._linear_pointwise: tforge[cpu] ran F.linear")
+    if not onednn_usable():
+        notes.append("this torch has no usable torch.ops.mkldnn._linear_pointwise: the onednn candidate was left out")
     vers = machine.versions()
     run_id = f"{report.timestamp()}-{uuid.uuid4().hex[:8]}"
     print(f"# {machine.cpu_model()}; torch {vers['torch']}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
-          f"; oneDNN linear {'usable' if linear_mod.onednn_available() else 'NOT usable'}"
+          f"; oneDNN linear {'usable' if onednn_usable() else 'NOT usable'}"
           + ("; malloc reuse on" if malloc_reuse else ""), flush=True)
     out_dir = None if args.no_json else report.resolve_out_dir(args.out, RESULTS_DIR)
     records: list[dict] = []
@@ -218,14 +264,14 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                         min_ms=st.min_ms, p20_ms=st.quantile_ms(0.2), p80_ms=st.quantile_ms(0.8),
                         repeats=st.n, inner=st.inner, faults_per_call=st.faults_per_call,
                         kind="peer" if name == PEER else "tforge", check=checks.get(name),
-                        onednn=linear_mod.onednn_available(), quick=bool(args.quick), malloc_reuse=malloc_reuse,
+                        quick=bool(args.quick), malloc_reuse=malloc_reuse,
                         threads=threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), device="cpu",
                         loadavg=load0)
                     case.append(rec)
                 records += case
                 if out_dir is not None:
                     report.append_jsonl(report.jsonl_path(out_dir, OP), case)
-                line = "  ".join(f"{r['backend']} {r['median_ms']:.2f} ms" + (
+                line = "  ".join(f"{r['backend']} {r['median_ms']:.1f} ms" + (
                     "" if r["backend"] == PEER else f" ({r['ratio']:.3f}x, cpu {r['cpu_ratio'] or 0:.3f}x)")
                     for r in case)
                 print(f"{threads}t {shape_name:9s} {direction:6s}: {line}", flush=True)

@@ -15,7 +15,7 @@ Public API::
     tforge.int8_matmul(a, b) -> int32;  tforge.int8_linear(x_q, x_s, w_q, w_s, bias, out_dtype)
     tforge.nm_mask(scores, n=2, m=4) / pack_2to4(w) -> Sparse24Weight / unpack_2to4(packed)
     tforge.sparse24_linear(x, packed, bias=None)   2:4 sparse x @ W^T + bias
-    tforge.linear(x, weight, bias=None)   x @ W^T + bias (F.linear; oneDNN on fp32 CPU)
+    tforge.linear(x, weight, bias=None)   x @ W^T + bias (F.linear, with tforge's argument checks)
     tforge.backends()            what this build and machine offer
     tforge.use_backend(name)     context manager forcing a backend
     tforge.nn.LayerNorm / tforge.nn.RMSNorm / tforge.nn.Attention / tforge.nn.Linear

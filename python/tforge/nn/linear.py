@@ -1,8 +1,8 @@
 """tforge.nn.Linear: a subclass of torch.nn.Linear whose forward calls
-tforge.linear, so constructor, parameters, initialisation, state_dict keys and
-isinstance checks (LoRA wrappers, Int8Linear.from_float) are PyTorch's own.
-Being a module that calls an op, its forward and backward hooks run as for
-torch.nn.Linear.
+tforge.linear (F.linear after tforge's argument checks; see ops/linear.py for
+why there is no faster path), so constructor, parameters, initialisation,
+state_dict keys and isinstance checks (LoRA wrappers, Int8Linear.from_float)
+are PyTorch's own, and its hooks run as for torch.nn.Linear.
 """
 from typing import Optional
 
@@ -15,7 +15,7 @@ from tforge.ops.linear import linear
 
 class Linear(torch.nn.Linear):
     """torch.nn.Linear(in_features, out_features, bias=True, device=None, dtype=None) computed by
-    tforge.linear; ``backend`` (keyword) pins one (None: chosen per call, see tforge.linear)."""
+    tforge.linear; ``backend`` (keyword) is passed on to it (checked, as for tforge's other modules)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  backend: Optional[str] = None):
