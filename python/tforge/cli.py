@@ -22,6 +22,10 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tforge.commands.config import Setting
 
 
 def _version(pkg: str) -> str | None:
@@ -93,7 +97,7 @@ def _command_module(verb: str):
     return importlib.import_module(f"tforge.commands.{verb}")
 
 
-def _add_setting_flag(parser: argparse.ArgumentParser, s) -> None:
+def _add_setting_flag(parser: argparse.ArgumentParser, s: "Setting") -> None:
     """The setting's shortcut flag (e.g. --steps for train.max_steps); an unused flag stays None
     so it does not override --config. dest is the setting's key, "train.max_steps"."""
     from tforge.commands.config import toml_value
