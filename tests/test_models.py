@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tforge
 from tforge.models import (BertConfig, BertEncoder, BertForMaskedLM, BertForSequenceClassification, GPT, GPTConfig,
                            ModelOutput, apply_lora, load_hf_bert, merge_lora)
 from tforge.models.gpt import shift_labels
@@ -298,6 +297,21 @@ def test_config_round_trip_and_errors():
         BertConfig(dropout=1.5)
 
 
+def test_configs_saved_with_the_linear_field_still_load():
+    """model_spec.json files written while GPTConfig/BertConfig had a `linear` field ("tforge" or
+    "torch") build the same model; other unknown keys still raise."""
+    from tforge.commands.runs import build_model
+    for cfg, arch in ((GPTConfig.preset("tiny", vocab_size=101), "GPT"),
+                      (BertConfig.preset("tiny", vocab_size=101), "BertForMaskedLM")):
+        for value in ("tforge", "torch"):
+            old = {**cfg.to_dict(), "linear": value}
+            assert type(cfg).from_dict(old) == cfg
+            model = build_model({"architecture": arch, "config": old})
+            assert model.config == cfg and "linear" not in model.config.to_dict()
+        with pytest.raises(ValueError, match=r"unknown keys \['linears'\]"):
+            type(cfg).from_dict({**cfg.to_dict(), "linears": "torch"})
+
+
 # ---------------------------------------------------------------- BERT against transformers
 
 def _hf_tiny_config(**kw):
@@ -432,7 +446,7 @@ def test_bert_loads_state_dicts_from_before_the_attention_module(tmp_path):
     """Checkpoints written when the attention output dense was attention.output.dense (HF's name) load
     into attention.self.o: through load_state_dict (runs, trainer checkpoints) and a safetensors file."""
     from safetensors.torch import load_file, save_file
-    cfg = BertConfig.preset("tiny", vocab_size=101, linear="torch")
+    cfg = BertConfig.preset("tiny", vocab_size=101)
     model = BertForSequenceClassification(cfg, 2).eval()
     old = {k.replace(".attention.self.o.", ".attention.output.dense."): v.clone()
            for k, v in model.state_dict().items()}
@@ -542,7 +556,7 @@ def test_apply_lora_gpt_freeze_merge():
     assert (adapted - before).abs().max() > 1e-3
     assert len(merge_lora(model)) == 4
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    assert type(model.blocks[0].attn.qkv) is tforge.nn.Linear  # the base's class (config.linear "tforge")
+    assert type(model.blocks[0].attn.qkv) is torch.nn.Linear
     _close(model(ids).logits, adapted, atol=1e-5, name="merged LoRA")
     assert "blocks.0.attn.qkv.weight" in model.state_dict()
 

@@ -15,10 +15,9 @@ Public API::
     tforge.int8_matmul(a, b) -> int32;  tforge.int8_linear(x_q, x_s, w_q, w_s, bias, out_dtype)
     tforge.nm_mask(scores, n=2, m=4) / pack_2to4(w) -> Sparse24Weight / unpack_2to4(packed)
     tforge.sparse24_linear(x, packed, bias=None)   2:4 sparse x @ W^T + bias
-    tforge.linear(x, weight, bias=None)   x @ W^T + bias (F.linear, with tforge's argument checks)
     tforge.backends()            what this build and machine offer
     tforge.use_backend(name)     context manager forcing a backend
-    tforge.nn.LayerNorm / tforge.nn.RMSNorm / tforge.nn.Attention / tforge.nn.Linear
+    tforge.nn.LayerNorm / tforge.nn.RMSNorm / tforge.nn.Attention
 
 Importing tforge loads the small native module and registers the custom ops;
 Triton and transformers are imported only when used.
@@ -28,7 +27,6 @@ from tforge.ops.attention import attention, attention_varlen, cu_seqlens_from_le
 from tforge.ops.attention_qkvpacked import attention_qkvpacked, attention_varlen_qkvpacked
 from tforge.ops.int8_gemm import int8_linear, int8_matmul, quantize_per_channel, quantize_per_token
 from tforge.ops.layer_norm import add_layer_norm, layer_norm
-from tforge.ops.linear import linear
 from tforge.ops.rms_norm import add_rms_norm, rms_norm
 from tforge.ops.sparse24 import (Sparse24Weight, nm_mask, pack_2to4, prune_scores, sparse24_linear,
                                  unpack_2to4, unstructured_mask)
@@ -40,4 +38,4 @@ __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "attentio
            "attention_qkvpacked", "attention_varlen_qkvpacked",
            "cu_seqlens_from_lengths", "quantize_per_token", "quantize_per_channel", "int8_matmul", "int8_linear",
            "Sparse24Weight", "prune_scores", "nm_mask", "unstructured_mask", "pack_2to4", "unpack_2to4",
-           "sparse24_linear", "linear", "backends", "use_backend", "nn", "__version__"]
+           "sparse24_linear", "backends", "use_backend", "nn", "__version__"]

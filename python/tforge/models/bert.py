@@ -1,5 +1,5 @@
 """BERT-style encoder (post-norm, as the original BERT / HF BertModel) built from
-tforge.nn modules (Attention, LayerNorm, the Linear class config.linear names), with
+tforge.nn modules (Attention, LayerNorm) and torch.nn.Linear, with
 masked-LM and sequence-classification heads.
 
 Every input form runs on packed tokens: a padded batch with attention_mask is
@@ -26,7 +26,7 @@ from torch import Tensor
 from tforge.models.config import BertConfig
 from tforge.models.loss import lm_loss
 from tforge.models.output import ModelOutput
-from tforge.models.parts import IGNORE_INDEX, check_cu_seqlens, linear_class, resolve_max_seqlen
+from tforge.models.parts import IGNORE_INDEX, check_cu_seqlens, resolve_max_seqlen
 from tforge.nn.attention import Attention
 from tforge.nn.norm import LayerNorm, add_norm
 from tforge.nn.rotary import positions_from_cu_seqlens
@@ -133,7 +133,7 @@ class BertAddNorm(torch.nn.Module):
 class BertOutput(BertAddNorm):
     def __init__(self, cfg: BertConfig):
         super().__init__(cfg)
-        self.dense = linear_class(cfg.linear)(cfg.d_ff, cfg.d_model)
+        self.dense = torch.nn.Linear(cfg.d_ff, cfg.d_model)
         self.dense.lora_role = "proj"
 
 
@@ -142,7 +142,7 @@ class BertAttention(torch.nn.Module):
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.self = Attention(cfg.d_model, cfg.n_head, bias=True, causal=False, linear=linear_class(cfg.linear))
+        self.self = Attention(cfg.d_model, cfg.n_head, bias=True, causal=False)
         self.output = BertAddNorm(cfg)
         self.register_load_state_dict_pre_hook(_rename_output_dense)
 
@@ -158,7 +158,7 @@ def _rename_output_dense(module, state_dict, prefix, *args) -> None:
 class BertIntermediate(torch.nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = linear_class(cfg.linear)(cfg.d_model, cfg.d_ff)
+        self.dense = torch.nn.Linear(cfg.d_model, cfg.d_ff)
         self.dense.lora_role = "fc"
 
 
@@ -187,7 +187,7 @@ class _Layers(torch.nn.Module):
 class BertPooler(torch.nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = linear_class(cfg.linear)(cfg.d_model, cfg.d_model)
+        self.dense = torch.nn.Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, first_tokens: Tensor) -> Tensor:
         return torch.tanh(self.dense(first_tokens))
@@ -264,7 +264,7 @@ class BertEncoder(torch.nn.Module):
 class _PredictionTransform(torch.nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.dense = linear_class(cfg.linear)(cfg.d_model, cfg.d_model)
+        self.dense = torch.nn.Linear(cfg.d_model, cfg.d_model)
         self.LayerNorm = LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
 
 
@@ -272,7 +272,7 @@ class _Predictions(torch.nn.Module):
     def __init__(self, cfg: BertConfig, word_embeddings: torch.nn.Embedding):
         super().__init__()
         self.transform = _PredictionTransform(cfg)
-        self.decoder = linear_class(cfg.linear)(cfg.d_model, cfg.vocab_size)
+        self.decoder = torch.nn.Linear(cfg.d_model, cfg.vocab_size)
         self.decoder.weight = word_embeddings.weight  # tied, as BERT
         self.bias = self.decoder.bias  # HF keeps both names for the one bias
 
@@ -348,7 +348,7 @@ class BertForSequenceClassification(torch.nn.Module):
         self.bert = BertEncoder(config, add_pooler=True)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.dropout
         self.dropout = _dropout(p)
-        self.classifier = linear_class(config.linear)(config.d_model, num_labels)
+        self.classifier = torch.nn.Linear(config.d_model, num_labels)
         _init_bert(self.classifier)
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,

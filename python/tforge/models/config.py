@@ -8,11 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
 
-# The Linear layers a model is built from (config field ``linear``): "tforge" is tforge.nn.Linear
-# (tforge.linear: oneDNN on fp32 CPU), "torch" plain torch.nn.Linear; same parameters and keys.
-LINEARS = ("tforge", "torch")
-
-
 def _positive_int(cls: str, name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{cls}: {name} must be a positive int, got {value!r}")
@@ -30,6 +25,10 @@ def _choice(cls: str, name: str, value: Any, choices: tuple) -> None:
 
 class _ConfigMixin:
     PRESETS: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    # Removed fields that from_dict drops, so configs saved while they existed (model_spec.json,
+    # exported config.json) still load. linear: the Linear class, "tforge" (tforge.nn.Linear) or
+    # "torch"; removed with tforge.nn.Linear, which computed F.linear as torch.nn.Linear does.
+    RETIRED: ClassVar[tuple] = ("linear",)
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain dict of every field (JSON-serialisable)."""
@@ -37,14 +36,15 @@ class _ConfigMixin:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]):
-        """Inverse of to_dict; unknown keys raise (a typo must not pass silently)."""
+        """Inverse of to_dict; unknown keys raise (a typo must not pass silently), except the fields
+        in RETIRED, which are dropped."""
         if not isinstance(d, dict):
             raise ValueError(f"{cls.__name__}.from_dict: expected a dict, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - names - set(cls.RETIRED))
         if unknown:
             raise ValueError(f"{cls.__name__}.from_dict: unknown keys {unknown}; known keys are {sorted(names)}")
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
     def preset(cls, name: str, **overrides):
@@ -63,8 +63,7 @@ class GPTConfig(_ConfigMixin):
     to a multiple of 64 for "swiglu"); pos: "rotary" or "learned" positions;
     norm: "layer" or "rms"; mlp: "gelu" (tanh approximation, as GPT-2) or "swiglu";
     bias: biases in the Linear layers and LayerNorm; dropout: on embeddings and
-    residual branches (attention probabilities are not dropped); linear: "tforge"
-    (tforge.nn.Linear) or "torch" (torch.nn.Linear) layers, same state_dict.
+    residual branches (attention probabilities are not dropped).
     """
     vocab_size: int = 50304
     # help texts are read by `tforge pretrain`'s [model] section (tforge.commands.config.like)
@@ -82,7 +81,6 @@ class GPTConfig(_ConfigMixin):
     rope_theta: float = 10000.0
     mlp: str = "gelu"
     norm_eps: float = 1e-5
-    linear: str = "tforge"
 
     PRESETS: ClassVar[Dict[str, Dict[str, Any]]] = {
         "tiny": dict(n_layer=2, n_head=4, d_model=64, max_seq_len=256),
@@ -104,7 +102,6 @@ class GPTConfig(_ConfigMixin):
         _choice(c, "pos", self.pos, ("rotary", "learned"))
         _choice(c, "norm", self.norm, ("layer", "rms"))
         _choice(c, "mlp", self.mlp, ("gelu", "swiglu"))
-        _choice(c, "linear", self.linear, LINEARS)
         if self.pos == "rotary" and self.head_dim % 2:
             raise ValueError(f"GPTConfig: rotary positions need an even head_dim, got d_model / n_head = "
                              f"{self.head_dim}")
@@ -128,8 +125,7 @@ class BertConfig(_ConfigMixin):
 
     activation: "gelu" (erf, BERT's) or "gelu_tanh"; dropout: hidden dropout
     (HF hidden_dropout_prob; attention probabilities are not dropped);
-    classifier_dropout: dropout before the classifier (default: dropout);
-    linear: "tforge" (tforge.nn.Linear) or "torch" (torch.nn.Linear) layers, same state_dict.
+    classifier_dropout: dropout before the classifier (default: dropout).
     """
     vocab_size: int = 30522
     n_layer: int = 12
@@ -143,7 +139,6 @@ class BertConfig(_ConfigMixin):
     pad_token_id: int = 0
     activation: str = "gelu"
     classifier_dropout: Optional[float] = None
-    linear: str = "tforge"
 
     PRESETS: ClassVar[Dict[str, Dict[str, Any]]] = {
         "tiny": dict(n_layer=2, n_head=4, d_model=64, d_ff=256, max_position=128),
@@ -161,7 +156,6 @@ class BertConfig(_ConfigMixin):
             raise ValueError(f"BertConfig: pad_token_id must be in [0, vocab_size={self.vocab_size}), "
                              f"got {self.pad_token_id!r}")
         _choice(c, "activation", self.activation, ("gelu", "gelu_tanh"))
-        _choice(c, "linear", self.linear, LINEARS)
         _probability(c, "dropout", self.dropout)
         if self.classifier_dropout is not None:
             _probability(c, "classifier_dropout", self.classifier_dropout)

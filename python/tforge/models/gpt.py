@@ -4,7 +4,7 @@ A block is ln_1 -> tforge.nn.Attention (fused qkv, causal, grouped-query heads, 
 learned positions) -> add & ln_2 -> MLP. Each residual add is fused with the norm that
 follows it (tforge.nn.add_norm). Packed batches (cu_seqlens marking document boundaries)
 run varlen attention, so attention never crosses a document and nothing is padded. The
-Linear layers are the class config.linear names; the LM loss is models.loss.lm_loss.
+Linear layers are torch.nn.Linear; the LM loss is models.loss.lm_loss.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch import Tensor
 from tforge.models.config import GPTConfig
 from tforge.models.loss import lm_loss
 from tforge.models.output import ModelOutput
-from tforge.models.parts import IGNORE_INDEX, check_cu_seqlens, linear_class, resolve_max_seqlen
+from tforge.models.parts import IGNORE_INDEX, check_cu_seqlens, resolve_max_seqlen
 from tforge.nn.attention import Attention
 from tforge.nn.norm import LayerNorm, RMSNorm, add_norm, make_norm
 from tforge.nn.rotary import RotaryEmbedding, positions_from_cu_seqlens
@@ -29,10 +29,9 @@ class MLP(torch.nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        linear = linear_class(cfg.linear)
         self.swiglu = cfg.mlp == "swiglu"
-        self.fc = linear(cfg.d_model, cfg.d_ff * (2 if self.swiglu else 1), bias=cfg.bias)
-        self.proj = linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.fc = torch.nn.Linear(cfg.d_model, cfg.d_ff * (2 if self.swiglu else 1), bias=cfg.bias)
+        self.proj = torch.nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         if self.swiglu:
             self.fc.lora_segments = (("gate", cfg.d_ff), ("up", cfg.d_ff))
 
@@ -51,7 +50,7 @@ class Block(torch.nn.Module):
         super().__init__()
         self.ln_1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.attn = Attention(cfg.d_model, cfg.n_head, cfg.n_kv_head, bias=cfg.bias, causal=True,
-                              rotary=cfg.pos == "rotary", rotary_base=cfg.rope_theta, linear=linear_class(cfg.linear))
+                              rotary=cfg.pos == "rotary", rotary_base=cfg.rope_theta)
         self.ln_2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.mlp = MLP(cfg)
         self.drop = torch.nn.Dropout(cfg.dropout) if cfg.dropout > 0 else torch.nn.Identity()
@@ -84,7 +83,7 @@ class GPT(torch.nn.Module):
         self.drop = torch.nn.Dropout(cfg.dropout) if cfg.dropout > 0 else torch.nn.Identity()
         self.blocks = torch.nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-        self.lm_head = linear_class(cfg.linear)(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = torch.nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight

@@ -1,7 +1,7 @@
 """apply_lora / merge_lora: put tforge.nn.LoRALinear adapters on a model's
 projections by name pattern, freeze everything else, and fold them back.
 
-Target patterns (fnmatch) are tried against a (torch.nn or tforge.nn) Linear's full name, its last name
+Target patterns (fnmatch) are tried against a Linear's full name, its last name
 component and the role tforge's models give it: "o" (attention output), "fc" and
 "proj" (MLP in / out). Fused projections declare their output segments: the
 attention's qkv Linear has segments "q", "k", "v" (HF spellings "query", "key",
@@ -15,13 +15,11 @@ from typing import List, Sequence, Union
 
 import torch
 
-from tforge.nn.linear import Linear
 from tforge.nn.lora import LoRALinear
 
 _ALIASES = {"query": "q", "key": "k", "value": "v", "q_proj": "q", "k_proj": "k", "v_proj": "v",
             "o_proj": "o", "out_proj": "o", "output": "o"}
 _ATTRS = ("lora_segments", "lora_role")  # tags tforge's models put on their Linear modules
-_PLAIN = (torch.nn.Linear, Linear)  # what may be adapted: not LoRA, quantised or sparse Linear subclasses
 
 
 def _as_patterns(name: str, patterns: Union[str, Sequence[str]]) -> List[str]:
@@ -58,7 +56,7 @@ def apply_lora(model: torch.nn.Module, rank: int = 8, alpha: float = 16.0,
     wrapped = {id(m.base) for m in model.modules() if isinstance(m, LoRALinear)}  # already adapted
     plan = []
     for name, mod in model.named_modules():
-        if type(mod) not in _PLAIN or id(mod) in wrapped:
+        if type(mod) is not torch.nn.Linear or id(mod) in wrapped:  # not quantised or sparse subclasses
             continue
         leaf = name.rpartition(".")[2]
         segments = getattr(mod, "lora_segments", None)
@@ -70,7 +68,7 @@ def apply_lora(model: torch.nn.Module, rank: int = 8, alpha: float = 16.0,
                 sizes = [size for _, size in segments]
                 plan.append((name, mod, sizes, active) if not all(active) else (name, mod, None, None))
     if not plan:
-        linears = [n for n, m in model.named_modules() if type(m) in _PLAIN]
+        linears = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
         raise ValueError(f"apply_lora: no Linear module matches targets {patterns}; Linear modules are "
                          f"{linears[:12]}{' ...' if len(linears) > 12 else ''}")
     for p in model.parameters():
@@ -90,18 +88,12 @@ def apply_lora(model: torch.nn.Module, rank: int = 8, alpha: float = 16.0,
 
 @torch.no_grad()
 def merge_lora(model: torch.nn.Module) -> List[str]:
-    """Fold every LoRALinear in ``model`` into a Linear of its base's class (torch.nn.Linear or
-    tforge.nn.Linear), in place (the merged weights stay frozen, as the base weights were). Returns
-    the names of the merged modules."""
+    """Fold every LoRALinear in ``model`` into a plain nn.Linear, in place (the merged weights stay
+    frozen, as the base weights were). Returns the names of the merged modules."""
     names = [name for name, mod in model.named_modules() if isinstance(mod, LoRALinear)]
     for name in names:
         lora = model.get_submodule(name)
         merged = lora.merge()
-        if type(lora.base) is Linear:
-            plain, merged = merged, Linear(merged.in_features, merged.out_features, bias=merged.bias is not None,
-                                           device=merged.weight.device, dtype=merged.weight.dtype,
-                                           backend=lora.base.backend)
-            merged.load_state_dict(plain.state_dict())
         merged.requires_grad_(False)
         for attr in _ATTRS:
             if hasattr(lora.base, attr):

@@ -1,6 +1,6 @@
-"""What GPT and BERT share besides tforge.nn modules: the Linear class a config names,
-the checks on packed-batch offsets, and the label value the losses ignore."""
-from typing import Callable, Optional
+"""What GPT and BERT share besides tforge.nn modules: the checks on packed-batch offsets
+and the label value the losses ignore."""
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -8,17 +8,6 @@ from torch import Tensor
 from tforge.nn.attention import max_seqlen_of
 
 IGNORE_INDEX = -100
-
-
-def linear_class(kind: str) -> Callable[..., torch.nn.Module]:
-    """The Linear class of config field ``linear``: tforge.nn.Linear ("tforge") or torch.nn.Linear
-    ("torch"); both take (in, out, bias=, device=, dtype=) and have the same state_dict."""
-    if kind == "tforge":
-        from tforge.nn.linear import Linear
-        return Linear
-    if kind == "torch":
-        return torch.nn.Linear
-    raise ValueError(f"linear: must be 'tforge' or 'torch', got {kind!r}")
 
 
 def check_cu_seqlens(model: str, cu_seqlens: Tensor, total: int) -> Tensor:

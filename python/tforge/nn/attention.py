@@ -6,7 +6,7 @@ op's packed layout as it stands: no split or transpose before attention, and the
 backward of the cpu / cuda kernels writes dq, dk, dv into one gradient of that output.
 Rotary embeddings rotate the q and k heads of it in one pass (tforge.nn.rotary).
 """
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -26,18 +26,16 @@ class Attention(torch.nn.Module):
     Args: embed_dim, num_heads; num_kv_heads (grouped-query; default num_heads);
     head_dim (default embed_dim // num_heads); bias (projections); causal;
     rotary (apply RoPE to q and k, base rotary_base); window (sliding window);
-    backend (pin a tforge attention backend); linear (the Linear class of both
-    projections, called as linear(in, out, bias=, device=, dtype=); default
-    torch.nn.Linear). Parameters: ``qkv`` (Linear to (heads + 2 * kv_heads) * head_dim,
-    q rows first, then k, then v) and ``o`` (the output projection). A state_dict with
+    backend (pin a tforge attention backend). Parameters: ``qkv`` (torch.nn.Linear to
+    (heads + 2 * kv_heads) * head_dim, q rows first, then k, then v) and ``o`` (the
+    output projection, torch.nn.Linear). A state_dict with
     the output projection under its earlier name ``out_proj`` loads too.
     For tforge.models.apply_lora, qkv has segments "q", "k", "v" and o the role "o".
     """
 
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: Optional[int] = None,
                  head_dim: Optional[int] = None, bias: bool = True, causal: bool = False, rotary: bool = False,
-                 rotary_base: float = 10000.0, window=None, backend: Optional[str] = None, device=None, dtype=None,
-                 linear: Callable[..., torch.nn.Module] = torch.nn.Linear):
+                 rotary_base: float = 10000.0, window=None, backend: Optional[str] = None, device=None, dtype=None):
         super().__init__()
         num_kv_heads = num_kv_heads or num_heads
         if num_heads % num_kv_heads:
@@ -49,8 +47,8 @@ class Attention(torch.nn.Module):
         self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim = embed_dim, num_heads, num_kv_heads, head_dim
         self.causal, self.window, self.backend = causal, window, backend
         kw = dict(device=device, dtype=dtype)
-        self.qkv = linear(embed_dim, (num_heads + 2 * num_kv_heads) * head_dim, bias=bias, **kw)
-        self.o = linear(num_heads * head_dim, embed_dim, bias=bias, **kw)
+        self.qkv = torch.nn.Linear(embed_dim, (num_heads + 2 * num_kv_heads) * head_dim, bias=bias, **kw)
+        self.o = torch.nn.Linear(num_heads * head_dim, embed_dim, bias=bias, **kw)
         self.qkv.lora_segments = (("q", num_heads * head_dim), ("k", num_kv_heads * head_dim),
                                   ("v", num_kv_heads * head_dim))
         self.o.lora_role = "o"
