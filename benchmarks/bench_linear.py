@@ -1,17 +1,21 @@
 #!/usr/bin/env python
-"""Benchmark tforge.nn.Linear against torch.nn.Linear, and PyTorch's oneDNN
-matmul against both, on CPU at the GPT benchmark's shapes (8192 tokens,
-d_model 384, vocab 8192), interleaved.
+"""Benchmark PyTorch's oneDNN matmul against plain torch.nn.Linear (F.linear) on
+CPU, with autograd, at the GPT benchmark's shapes (8192 tokens, d_model 384,
+vocab 8192), interleaved.
 
-Candidates, all with the same weights, called as a model calls them:
+It is the record behind a decision: tforge's models once ran fp32 CPU Linear
+layers through the private torch.ops.mkldnn._linear_pointwise; measured here it
+did not pay on an Intel Xeon (0.92-0.93x F.linear over a training step's Linear
+layers), so that path and tforge.linear / tforge.nn.Linear were removed and the
+models use torch.nn.Linear (benchmarks/results/linear.md). Run this on another
+CPU to re-check; nothing in tforge uses the oneDNN path.
+
+Candidates, same weights, called as a model calls them:
   nn.Linear      torch.nn.Linear (F.linear, PyTorch's autograd): the peer
-  tforge         tforge.nn.Linear (tforge.linear: argument checks, then F.linear),
-                 so against nn.Linear it shows what the checks cost
   onednn         y and dx through torch.ops.mkldnn._linear_pointwise, dW by mm, in
-                 an autograd.Function: the CPU path models/gpt.py used to take. It
-                 is timed here (and only here) so that the decision to drop it
-                 (benchmarks/results/linear.md) can be re-checked on another CPU;
-                 left out when this torch lacks a working op
+                 an autograd.Function: the CPU path models/gpt.py used to take.
+When this torch has no working torch.ops.mkldnn._linear_pointwise the benchmark
+prints why and skips (exit status 0, nothing recorded).
 Directions: fwd (under torch.no_grad) and fwdbwd (x and the parameters require
 grad; forward, then torch.autograd.grad for dx, dW (, db)). Each case is timed
 for each thread count (torch.set_num_threads) with OMP_WAIT_POLICY=PASSIVE
@@ -40,7 +44,6 @@ from typing import Callable, Optional, Sequence  # noqa: E402
 
 import torch  # noqa: E402
 
-import tforge  # noqa: E402
 from tforge.bench import harness, machine, report  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -65,16 +68,25 @@ def _onednn_mm(a2: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(a2, w, None, "none", [], "")
 
 
-def onednn_usable() -> bool:
-    """Does this torch's private oneDNN linear exist and compute a @ w^T (w plain and transposed)?"""
+def onednn_unusable_reason() -> Optional[str]:
+    """None when this torch's private oneDNN linear exists and computes a @ w^T (w plain and
+    transposed, as the forward and the dx GEMM call it); else why not."""
+    if not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN (torch.backends.mkldnn.is_available() is False)"
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return "this torch has no torch.ops.mkldnn._linear_pointwise"
+    a = torch.arange(6.0).view(2, 3)
+    w = torch.arange(12.0).view(4, 3) - 5
+    dy = torch.arange(8.0).view(2, 4) - 3
     try:
-        a = torch.arange(6.0).view(2, 3)
-        w = torch.arange(12.0).view(4, 3) - 5
-        dy = torch.arange(8.0).view(2, 4) - 3
-        return bool(torch.backends.mkldnn.is_available() and torch.equal(_onednn_mm(a, w), a @ w.t())
-                    and torch.equal(_onednn_mm(dy, w.t()), dy @ w))
-    except Exception:
-        return False
+        ok = torch.equal(_onednn_mm(a, w), a @ w.t()) and torch.equal(_onednn_mm(dy, w.t()), dy @ w)
+    except Exception as e:  # the op's signature or support changed
+        return f"torch.ops.mkldnn._linear_pointwise failed on a 2 x 3 probe: {type(e).__name__}: {e}"
+    return None if ok else "torch.ops.mkldnn._linear_pointwise computed a wrong a @ w^T on a 2 x 3 probe"
+
+
+def onednn_usable() -> bool:
+    return onednn_unusable_reason() is None
 
 
 class OneDnnLinear(torch.autograd.Function):
@@ -108,8 +120,9 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Benchmark tforge.nn.Linear against torch.nn.Linear on CPU "
-                                "(interleaved), print a table and append JSON lines.")
+    p = argparse.ArgumentParser(description="Benchmark PyTorch's oneDNN linear (torch.ops.mkldnn._linear_pointwise) "
+                                "against torch.nn.Linear on CPU with autograd (interleaved), print a table and "
+                                "append JSON lines.")
     p.add_argument("--shapes", type=_csv, default=None, help=f"comma-separated, from {','.join(SHAPES)} (default: all)")
     p.add_argument("--directions", type=_csv, default=list(DIRECTIONS), help="comma-separated fwd,fwdbwd")
     p.add_argument("--threads", type=lambda s: [int(v) for v in _csv(s)], default=[1, 2],
@@ -128,15 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_modules(k: int, n: int, bias: bool, seed: int = 0) -> dict[str, torch.nn.Module]:
-    """The peer, tforge.nn.Linear and (when usable) the oneDNN module, holding the same parameters."""
+    """The peer and the oneDNN module, holding the same parameters."""
     torch.manual_seed(seed)
     peer = torch.nn.Linear(k, n, bias=bias)
-    mods: dict[str, torch.nn.Module] = {PEER: peer, "tforge": tforge.nn.Linear(k, n, bias=bias)}
-    if onednn_usable():
-        mods["onednn"] = OneDnnModule(k, n, bias=bias)
-    for m in mods.values():
-        m.load_state_dict(peer.state_dict())
-    return mods
+    onednn = OneDnnModule(k, n, bias=bias)
+    onednn.load_state_dict(peer.state_dict())
+    return {PEER: peer, "onednn": onednn}
 
 
 def direction_fn(direction: str, mod: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], object]:
@@ -222,12 +232,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     malloc_reuse = harness.malloc_reuse() if args.malloc_reuse else False
     if args.malloc_reuse and not malloc_reuse:
         notes.append("--malloc-reuse had no effect (not glibc)")
-    if not onednn_usable():
-        notes.append("this torch has no usable torch.ops.mkldnn._linear_pointwise: the onednn candidate was left out")
     vers = machine.versions()
     run_id = f"{report.timestamp()}-{uuid.uuid4().hex[:8]}"
     print(f"# {machine.cpu_model()}; torch {vers['torch']}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
-          f"; oneDNN linear {'usable' if onednn_usable() else 'NOT usable'}"
           + ("; malloc reuse on" if malloc_reuse else ""), flush=True)
     out_dir = None if args.no_json else report.resolve_out_dir(args.out, RESULTS_DIR)
     records: list[dict] = []
@@ -294,6 +301,10 @@ COLUMNS = [
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    reason = onednn_unusable_reason()
+    if reason is not None:
+        print(f"bench_linear: skipped: {reason}; there is nothing to compare nn.Linear with")
+        return 0
     records, notes = run(args)
     print()
     print(report.format_table(records, COLUMNS, separate_on=("threads", "shape_name", "direction")))
