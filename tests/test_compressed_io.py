@@ -251,3 +251,57 @@ def test_export_manifest_is_checked_by_load_compressed(saved):
     from tforge.train import CheckpointError
     with pytest.raises(CheckpointError, match="sha256"):
         load_compressed(_make("gpt"), path)
+
+
+# ---------------------------------------------------------------- files from before a rename
+
+def _with_earlier_bert_names(path) -> None:
+    """Rewrite a compressed tforge-BERT file as it was saved before the attention output dense moved
+    from attention.output.dense to attention.self.o: tensor keys, layout module names and aliases."""
+    import safetensors.torch
+
+    def old(name: str) -> str:
+        return name.replace(".attention.self.o", ".attention.output.dense")
+    header, _ = _read(path)
+    meta = dict(header["__metadata__"])
+    meta["tforge.compressed_modules"] = json.dumps(
+        {old(k): v for k, v in json.loads(meta["tforge.compressed_modules"]).items()})
+    if "tforge.aliases" in meta:
+        meta["tforge.aliases"] = json.dumps({old(k): old(v) for k, v in json.loads(meta["tforge.aliases"]).items()})
+    tensors = {old(k): v for k, v in safetensors.torch.load(path.read_bytes()).items()}
+    path.write_bytes(safetensors.torch.save(tensors, metadata=meta))
+
+
+@pytest.mark.parametrize("form", ["int8", "sparse24_packed", "sparse_training"])
+def test_bert_files_saved_with_attention_output_dense_load(form, saved):
+    """Compressed BERT files saved before today name the attention output projection
+    ...attention.output.dense; they load into ...attention.self.o (the map BertAttention.legacy_keys
+    that its state-dict pre-hook uses)."""
+    model, path = saved(form, "bert")
+    _with_earlier_bert_names(path)
+    header, _ = _read(path)
+    layout = json.loads(header["__metadata__"]["tforge.compressed_modules"])
+    assert "bert.encoder.layer.0.attention.output.dense" in layout and not any(".self.o" in k for k in layout)
+    assert any(".attention.output.dense." in k for k in header) and not any(".self.o." in k for k in header)
+    fresh = _make("bert", seed=1)
+    load_compressed(fresh, path)
+    inputs = _inputs()
+    assert torch.equal(_out(model, inputs), _out(fresh, inputs))
+    a, b = model.state_dict(), fresh.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert type(fresh.bert.encoder.layer[0].attention.self.o) is type(model.bert.encoder.layer[0].attention.self.o)
+
+
+def test_bert_file_with_both_names_of_a_tensor_is_refused(saved):
+    import safetensors.torch
+    model, path = saved("int8", "bert")
+    header, _ = _read(path)
+    tensors = safetensors.torch.load(path.read_bytes())
+    key = "bert.encoder.layer.0.attention.self.o.bias"
+    tensors[key.replace(".self.o.", ".output.dense.")] = tensors[key].clone()
+    path.write_bytes(safetensors.torch.save(tensors, metadata=header["__metadata__"]))
+    target = _make("bert")
+    snap = _snapshot(target)
+    with pytest.raises(CompressedFileError, match="current and its earlier name"):
+        load_compressed(target, path)
+    _assert_unchanged(target, snap)

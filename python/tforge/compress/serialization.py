@@ -17,6 +17,11 @@ what the rebuilt model expects (no cast: an int32 weight is refused, not
 wrapped into int8), then the values that kernels trust (2:4 metadata with
 i0 < i1 and zero padding, finite non-negative scales, 0/1 masks). Only then are
 the modules swapped and the tensors copied in. No pickle is involved.
+
+Files saved before a module of the model was renamed load too: a module may declare
+``legacy_keys`` ({earlier prefix: current prefix}, relative to it, as tforge's BertAttention
+does for attention.output.dense -> attention.self.o), and the file's tensor keys and module
+names are read through that map, as the module's load_state_dict pre-hook reads state dicts.
 """
 from __future__ import annotations
 
@@ -233,17 +238,69 @@ def _plan(model: torch.nn.Module, header: dict, meta: dict, data_bytes: int, whe
     return layout
 
 
+# ---------------------------------------------------------------- earlier names
+
+def _legacy_renamer(model: torch.nn.Module):
+    """key -> the model's current name for it, from the legacy_keys its modules declare (None: none do).
+    Works on tensor keys and on module names (which have no trailing dot)."""
+    prefixes = []
+    for name, mod in model.named_modules():
+        legacy = getattr(mod, "legacy_keys", None)
+        if isinstance(legacy, dict):
+            here = name + "." if name else ""
+            prefixes += [(here + old, here + new) for old, new in legacy.items()]
+    if not prefixes:
+        return None
+
+    def rename(key: str) -> str:
+        dotted = key + "."
+        for old, new in prefixes:
+            if dotted.startswith(old):
+                return (new + dotted[len(old):])[:-1]
+        return key
+    return rename
+
+
+def _rename_file_keys(rename, header: dict, meta: dict, where: str) -> tuple[dict, dict]:
+    """The header and metadata with every tensor key, layout module name and alias under its current
+    name (metadata that does not parse is left for _plan to report)."""
+    renamed = {}
+    for key, info in header.items():
+        new = rename(key)
+        if new in renamed:
+            raise CompressedFileError(f"{where}: tensor {new!r} is in the file under its current and its "
+                                      f"earlier name")
+        renamed[new] = info
+    meta = dict(meta)
+    try:
+        layout = json.loads(meta[_KEY]) if _KEY in meta else None
+        aliases = json.loads(meta.get("tforge.aliases", "{}"))
+    except (ValueError, TypeError):
+        return renamed, meta
+    if isinstance(layout, dict):
+        meta[_KEY] = json.dumps({rename(k): v for k, v in layout.items()})
+    if isinstance(aliases, dict) and aliases:
+        meta["tforge.aliases"] = json.dumps({rename(k): rename(v) if isinstance(v, str) else v
+                                             for k, v in aliases.items()})
+    return renamed, meta
+
+
 # ---------------------------------------------------------------- loading
 
 def load_compressed_bytes(model: torch.nn.Module, data: bytes, where: str = "compressed model") -> torch.nn.Module:
     """load_compressed from the file's bytes (already read, e.g. checked against a manifest)."""
     import safetensors.torch
     header, meta, data_bytes = _header(data, where)
+    rename = _legacy_renamer(model)
+    if rename is not None:
+        header, meta = _rename_file_keys(rename, header, meta, where)
     layout = _plan(model, header, meta, data_bytes, where)
     try:
         tensors = safetensors.torch.load(data)
     except Exception as e:  # safetensors' own error types
         raise CompressedFileError(f"{where}: not a valid safetensors file ({e})") from None
+    if rename is not None:
+        tensors = {rename(k): t for k, t in tensors.items()}
     for alias, target in json.loads(meta.get("tforge.aliases", "{}")).items():
         tensors[alias] = tensors[target]
     owners = {name + ".": lay for name, lay in layout.items()}

@@ -10,7 +10,8 @@ column for padded input, as HF does, and restart at 0 in every packed
 sequence). State-dict keys follow HF's names except in self-attention, a
 tforge.nn.Attention: query/key/value are one fused ``attention.self.qkv`` Linear and
 the output dense is ``attention.self.o`` (tforge.models.hf.load_hf_bert maps HF
-folders; state dicts with the earlier ``attention.output.dense`` load too).
+folders; state dicts and compressed files with the earlier ``attention.output.dense``
+load too, through BertAttention.legacy_keys).
 Attention-probability dropout is not applied (tforge's kernels have none); hidden
 dropout is.
 """
@@ -140,19 +141,23 @@ class BertOutput(BertAddNorm):
 class BertAttention(torch.nn.Module):
     """Bidirectional tforge.nn.Attention (``self``: qkv and o) and the add & LayerNorm after it."""
 
+    # Earlier names of entries under this module, relative to it: earlier -> current prefix. The output
+    # dense was attention.output.dense (HF's name) before it was the Attention module's o. Applied to
+    # state dicts by the load pre-hook below and to compressed files by tforge.compress.load_compressed.
+    legacy_keys = {"output.dense.": "self.o."}
+
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.self = Attention(cfg.d_model, cfg.n_head, bias=True, causal=False)
         self.output = BertAddNorm(cfg)
-        self.register_load_state_dict_pre_hook(_rename_output_dense)
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
 
-def _rename_output_dense(module, state_dict, prefix, *args) -> None:
-    """Load pre-hook: the attention's output dense was attention.output.dense (HF's name) before it
-    was the Attention module's o."""
-    old = prefix + "output.dense."
-    for key in [k for k in state_dict if k.startswith(old)]:
-        state_dict[prefix + "self.o." + key[len(old):]] = state_dict.pop(key)
+def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
+    """Load pre-hook: entries under the module's legacy_keys prefixes move to the current names."""
+    for old, new in module.legacy_keys.items():
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
 
 
 class BertIntermediate(torch.nn.Module):
