@@ -15,7 +15,7 @@ from tforge.testing import emulated_cuda
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 REDUCTIONS = ["mean", "sum", "none"]
-BACKENDS = ["torch", "triton"]
+BACKENDS = ["torch", "cpu", "triton"]
 # Rows x classes the emulator / interpreter run in a few seconds; "big" ones only for torch and cpu.
 SMALL = [(1, 1), (3, 1), (1, 7), (4, 17), (5, 127), (3, 257), (6, 1000), (2, 4099)]
 BIG = [(300, 4099), (2, 70001)]
@@ -134,6 +134,10 @@ def test_extreme_logits(backend, dtype):
     for reduction in REDUCTIONS:
         loss, _ = check(backend, x.to(dtype), t, reduction)
     assert torch.isfinite(loss).all() and loss[2] > 9000  # (bf16 rounds 1e4 to 9984)
+    few = torch.full((3, 40), 1e4)  # lse = 1e4 + log(40): m + ls rounds by 5e-4 in fp32, (x - m) - ls does not
+    few[1, 7] = 1e4 + 2
+    check(backend, few.to(dtype), torch.tensor([0, 7, 39]), "none")
+    check(backend, few.to(dtype), torch.tensor([0, 7, 39]), "mean")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -191,19 +195,20 @@ def test_empty_batch():
         with on(backend):
             loss = tforge.cross_entropy(x, t, backend=backend)
             loss.backward()
-        assert float(loss) == 0.0 and x.grad.shape == x.shape
+            loss = loss.detach()
+        assert loss.item() == 0.0 and x.grad.shape == x.shape
         assert tforge.cross_entropy(x, t, reduction="none", backend=backend).shape == (0,)
 
 
 def test_no_gradient_buffer_without_grad():
     """The fused gradient is written only when autograd will need it."""
     x, t = _inputs(4, 11, F32)
-    _, grad, lse = torch.ops.tforge.cross_entropy(x, t, -100, "mean", False, "torch")
-    assert grad.numel() == 0 and lse.numel() == 0
+    _, grad, stats = torch.ops.tforge.cross_entropy(x, t, -100, "mean", False, "torch")
+    assert grad.numel() == 0 and stats.numel() == 0
     _, grad, _ = torch.ops.tforge.cross_entropy(x, t, -100, "mean", True, "torch")
     assert grad.shape == x.shape
-    _, grad, lse = torch.ops.tforge.cross_entropy(x, t, -100, "none", True, "torch")
-    assert grad.numel() == 0 and lse.shape == (4,)
+    _, grad, stats = torch.ops.tforge.cross_entropy(x, t, -100, "none", True, "torch")
+    assert grad.numel() == 0 and stats.shape == (2, 4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -216,15 +221,13 @@ def test_opcheck(backend):
             for need_grad in (True, False):
                 torch.library.opcheck(torch.ops.tforge.cross_entropy.default,
                                       (x, t, -100, reduction, need_grad, backend))
-        lse = torch.logsumexp(x.detach().float(), -1).reshape(-1)
+        stats = torch.ops.tforge.cross_entropy(x.detach(), t, -100, "none", True, backend)[2]
         torch.library.opcheck(torch.ops.tforge.cross_entropy_backward.default,
-                              (torch.randn(2, 3), x.detach(), t, lse, -100, backend))
+                              (torch.randn(2, 3), x.detach(), t, stats, -100, backend))
 
 
 @pytest.mark.parametrize("backend", [None] + BACKENDS)
 def test_compile_fullgraph_matches_eager(backend):
-    if backend is None and _backend.resolve(torch.device("cpu"), F32) not in BACKENDS:
-        pytest.skip("the default backend is not built yet")
     torch._dynamo.reset()
     lin = torch.nn.Linear(16, 40)
     h = torch.randn(2, 5, 16)
@@ -245,10 +248,54 @@ def test_compile_fullgraph_matches_eager(backend):
 
 
 def test_mean_matches_f_cross_entropy_where_it_is_defined():
-    if _backend.resolve(torch.device("cpu"), F32) not in BACKENDS:
-        pytest.skip("the default backend is not built yet")
     x, t = _inputs(9, 50, F32, ignore_every=4)
     got = tforge.cross_entropy(x, t)
     torch.testing.assert_close(got, torch.nn.functional.cross_entropy(x, t), rtol=2e-5, atol=1e-6)
     assert math.isnan(torch.nn.functional.cross_entropy(x, torch.full((9,), -100)).item())
     assert tforge.cross_entropy(x, torch.full((9,), -100)).item() == 0.0
+
+
+def test_scalar_cpu_kernels(monkeypatch):
+    """The fallback kernel set (CPUs without AVX2) gives the same results."""
+    monkeypatch.setenv("TFORGE_CPU_ISA", "scalar")
+    for rows, v in ((3, 1), (4, 17), (5, 300), (2, 4099)):
+        for dtype in (F32, BF16):
+            for reduction in REDUCTIONS:
+                check("cpu", *_inputs(rows, v, dtype, ignore_every=3), reduction)
+    x = torch.randn(2, 40)
+    x[0, 3], x[1, :] = -1e4, 1e4
+    check("cpu", x, torch.tensor([3, 39]), "none")
+    check("cpu", x, torch.tensor([3, 39]), "mean")
+
+
+def _native_args(C, x, t, **fields):
+    return _native.Args(C.CrossEntropyArgs, logits=_native.Strided(x), logits_stride=x.stride(0), rows=x.shape[0],
+                        cols=x.shape[1], dtype=_native.dtype_code(x), target=t, ignore_index=-100, **fields)
+
+
+def test_native_entries_check_their_arguments():
+    """The native layer refuses what the Python layer would have caught (and raises, never crashes)."""
+    C = _native.require()
+    x, t = _inputs(3, 10, F32)
+    loss, grad = torch.empty(3), torch.empty(3, 10)
+    fwd = dict(loss=_native.Out(loss), grad=_native.Out(grad))
+    _native.call(C.cross_entropy_fwd_cpu, _native_args(C, x, t, **fwd), threads=1)
+    torch.testing.assert_close(loss, cross_entropy_ref(x, t, reduction="none"))
+    bad = [
+        (_native_args(C, x, torch.tensor([1, 10, 2]), **fwd), r"target\[1\] = 10 is outside \[0, 10\)"),
+        (_native_args(C, x, torch.tensor([1, -7, 2]), **fwd), "outside"),
+        (_native_args(C, x, t, loss=None), "loss is a null pointer"),
+        (_native_args(C, x, t, **fwd) , None),
+    ]
+    bad[-1][0].fields.update(logits_stride=5)
+    bad[-1] = (bad[-1][0], "row stride 5")
+    for args, msg in bad:
+        with pytest.raises(ValueError, match=msg):
+            _native.call(C.cross_entropy_fwd_cpu, args, threads=1)
+    with pytest.raises(ValueError, match="float16"):
+        _native.call(C.cross_entropy_fwd_cpu, _native_args(C, x.half(), t, **fwd), threads=1)
+    with pytest.raises(ValueError, match="row_max or row_logsum is a null pointer"):
+        _native.call(C.cross_entropy_bwd_cpu, _native_args(C, x, t, row_scale=torch.ones(3), grad=_native.Out(grad)),
+                     threads=1)
+    with pytest.raises(ValueError, match="threads"):
+        _native.call(C.cross_entropy_fwd_cpu, _native_args(C, x, t, **fwd), threads=0)

@@ -7,8 +7,9 @@ probability underflows still gets its exact loss), and when a gradient will be n
 writes the logits' gradient ``(softmax(row) - onehot) * scale`` while the row is in cache
 (scale = 1 / count for "mean", 1 for "sum"), in the logits' dtype. The backward then only multiplies
 that saved gradient by the incoming scalar (nothing at all when it is 1). For reduction="none" the
-forward saves the per-row logsumexp and ``tforge::cross_entropy_backward`` recomputes the gradient
-times each row's incoming gradient.
+forward saves per-row stats and ``tforge::cross_entropy_backward`` recomputes the gradient times each
+row's incoming gradient. A row's logsumexp is kept as (max m, ls = log sum exp(x - m)) and x - lse
+formed as (x - m) - ls, which stays exact in fp32 where m + ls would round (|logits| ~ 1e4).
 
 Backends are the tables _FORWARD / _BACKWARD: torch (chunked reference math), cpu (C++, csrc/cpu),
 cuda (csrc/cuda) and triton (tforge/triton/cross_entropy.py).
@@ -86,9 +87,10 @@ def _count_and_check(t: Tensor, v: int, ignore_index: int) -> int:
 
 
 # ---------------------------------------------------------------- backends
-# forward(x2, t, ignore_index, scale, want_grad, want_lse) -> (row_loss fp32 [N], grad [N, V] or None,
-#   lse fp32 [N] or None); x2 (N, V) with unit column stride, t (N,) int64/int32 contiguous.
-# backward(dloss fp32 [N], x2, t, lse, ignore_index) -> grad [N, V] = (softmax - onehot) * dloss per row.
+# forward(x2, t, ignore_index, scale, want_grad, want_stats) -> (row_loss fp32 [N], grad [N, V] or None,
+#   stats fp32 [2, N] (row max, log sum exp(x - max)) or None); x2 (N, V) with unit column stride,
+#   t (N,) int64/int32 contiguous.
+# backward(dloss fp32 [N], x2, t, stats, ignore_index) -> grad [N, V] = (softmax - onehot) * dloss per row.
 
 
 def _chunk_rows(x2: Tensor) -> int:
@@ -97,27 +99,32 @@ def _chunk_rows(x2: Tensor) -> int:
     return max(1, elems // max(1, x2.shape[1]))
 
 
-def _fwd_torch(x2, t, ignore_index, scale, want_grad, want_lse):
+def _grad_chunk(x, m, ls, safe, sc):
+    """(exp((x - m) - ls) - onehot(safe)) * sc for fp32 rows x (R, V); m, ls (R,), sc (R, 1)."""
+    return x.sub(m[:, None]).sub_(ls[:, None]).exp_().mul_(sc).scatter_add_(1, safe[:, None], -sc)
+
+
+def _fwd_torch(x2, t, ignore_index, scale, want_grad, want_stats):
     n = x2.shape[0]
     valid = t != ignore_index
     safe = torch.where(valid, t, 0).long()
     loss = torch.empty(n, dtype=torch.float32, device=x2.device)
-    lse = torch.empty(n, dtype=torch.float32, device=x2.device)
+    stats = torch.empty(2, n, dtype=torch.float32, device=x2.device)
     grad = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device) if want_grad else None
     step = _chunk_rows(x2)
     for s in range(0, n, step):
         e = min(n, s + step)
         x = x2[s:e].float()
-        lse[s:e] = torch.logsumexp(x, -1)
-        loss[s:e] = torch.where(valid[s:e], lse[s:e] - x.gather(1, safe[s:e, None])[:, 0], 0.0)
-        if want_grad:  # (softmax - onehot) * scale, 0 on ignored rows
-            sc = (valid[s:e].float() * scale)[:, None]
-            g = (x - lse[s:e, None]).exp_().mul_(sc).scatter_add_(1, safe[s:e, None], -sc)
-            grad[s:e] = g
-    return loss, grad, lse if want_lse else None
+        m = x.amax(-1)
+        ls = (x - m[:, None]).exp_().sum(-1).log_()
+        stats[0, s:e], stats[1, s:e] = m, ls
+        loss[s:e] = torch.where(valid[s:e], (m - x.gather(1, safe[s:e, None])[:, 0]) + ls, 0.0)
+        if want_grad:  # 0 on ignored rows
+            grad[s:e] = _grad_chunk(x, m, ls, safe[s:e], (valid[s:e].float() * scale)[:, None])
+    return loss, grad, stats if want_stats else None
 
 
-def _bwd_torch(dloss, x2, t, lse, ignore_index):
+def _bwd_torch(dloss, x2, t, stats, ignore_index):
     valid = t != ignore_index
     safe = torch.where(valid, t, 0).long()
     grad = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
@@ -125,8 +132,7 @@ def _bwd_torch(dloss, x2, t, lse, ignore_index):
     for s in range(0, x2.shape[0], step):
         e = min(x2.shape[0], s + step)
         sc = torch.where(valid[s:e], dloss[s:e].float(), 0.0)[:, None]
-        g = (x2[s:e].float() - lse[s:e, None]).exp_().mul_(sc).scatter_add_(1, safe[s:e, None], -sc)
-        grad[s:e] = g
+        grad[s:e] = _grad_chunk(x2[s:e].float(), stats[0, s:e], stats[1, s:e], safe[s:e], sc)
     return grad
 
 
@@ -136,58 +142,67 @@ def _native_args(C, x2, t, ignore_index, **fields):
                         target_int32=t.dtype == torch.int32, ignore_index=int(ignore_index), **fields)
 
 
-def _fwd_outputs(x2, want_grad, want_lse):
+def _fwd_outputs(x2, want_grad, want_stats):
     n = x2.shape[0]
     loss = torch.empty(n, dtype=torch.float32, device=x2.device)
     grad = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device) if want_grad else None
-    lse = torch.empty(n, dtype=torch.float32, device=x2.device) if want_lse else None
-    return loss, grad, lse
+    stats = torch.empty(2, n, dtype=torch.float32, device=x2.device) if want_stats else None
+    return loss, grad, stats
 
 
-def _fwd_cpu(x2, t, ignore_index, scale, want_grad, want_lse):
+def _stats_fields(stats, out: bool) -> dict:
+    wrap = _native.Out if out else (lambda t: t)
+    if stats is None:
+        return dict(row_max=None, row_logsum=None)
+    return dict(row_max=wrap(stats[0]), row_logsum=wrap(stats[1]))
+
+
+def _fwd_cpu(x2, t, ignore_index, scale, want_grad, want_stats):
     C = _native.require()
-    loss, grad, lse = _fwd_outputs(x2, want_grad, want_lse)
-    args = _native_args(C, x2, t, ignore_index, loss=_native.Out(loss), lse=_native.Out(lse),
-                        grad=_native.Out(grad), grad_scale=float(scale))
+    loss, grad, stats = _fwd_outputs(x2, want_grad, want_stats)
+    args = _native_args(C, x2, t, ignore_index, loss=_native.Out(loss), grad=_native.Out(grad),
+                        grad_scale=float(scale), **_stats_fields(stats, True))
     _native.call(C.cross_entropy_fwd_cpu, args, threads=torch.get_num_threads())
-    return loss, grad, lse
+    return loss, grad, stats
 
 
-def _bwd_cpu(dloss, x2, t, lse, ignore_index):
+def _bwd_cpu(dloss, x2, t, stats, ignore_index):
     C = _native.require()
     grad = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
-    args = _native_args(C, x2, t, ignore_index, lse=lse, row_scale=dloss.float(), grad=_native.Out(grad))
+    args = _native_args(C, x2, t, ignore_index, row_scale=dloss.float(), grad=_native.Out(grad),
+                        **_stats_fields(stats, False))
     _native.call(C.cross_entropy_bwd_cpu, args, threads=torch.get_num_threads())
     return grad
 
 
-def _fwd_cuda(x2, t, ignore_index, scale, want_grad, want_lse):
+def _fwd_cuda(x2, t, ignore_index, scale, want_grad, want_stats):
     C = _native.require()
-    loss, grad, lse = _fwd_outputs(x2, want_grad, want_lse)
-    args = _native_args(C, x2, t, ignore_index, loss=_native.Out(loss), lse=_native.Out(lse),
-                        grad=_native.Out(grad), grad_scale=float(scale))
+    loss, grad, stats = _fwd_outputs(x2, want_grad, want_stats)
+    args = _native_args(C, x2, t, ignore_index, loss=_native.Out(loss), grad=_native.Out(grad),
+                        grad_scale=float(scale), **_stats_fields(stats, True))
     device, stream = _native.cuda_stream(x2)
     _native.call(C.cross_entropy_fwd_cuda, args, device=device, stream=stream)
-    return loss, grad, lse
+    return loss, grad, stats
 
 
-def _bwd_cuda(dloss, x2, t, lse, ignore_index):
+def _bwd_cuda(dloss, x2, t, stats, ignore_index):
     C = _native.require()
     grad = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
-    args = _native_args(C, x2, t, ignore_index, lse=lse, row_scale=dloss.float(), grad=_native.Out(grad))
+    args = _native_args(C, x2, t, ignore_index, row_scale=dloss.float(), grad=_native.Out(grad),
+                        **_stats_fields(stats, False))
     device, stream = _native.cuda_stream(x2)
     _native.call(C.cross_entropy_bwd_cuda, args, device=device, stream=stream)
     return grad
 
 
-def _fwd_triton(x2, t, ignore_index, scale, want_grad, want_lse):
+def _fwd_triton(x2, t, ignore_index, scale, want_grad, want_stats):
     from tforge.triton import cross_entropy as tce
-    return tce.cross_entropy_fwd(x2, t, int(ignore_index), float(scale), want_grad, want_lse)
+    return tce.cross_entropy_fwd(x2, t, int(ignore_index), float(scale), want_grad, want_stats)
 
 
-def _bwd_triton(dloss, x2, t, lse, ignore_index):
+def _bwd_triton(dloss, x2, t, stats, ignore_index):
     from tforge.triton import cross_entropy as tce
-    return tce.cross_entropy_bwd(dloss.float(), x2, t, lse, int(ignore_index))
+    return tce.cross_entropy_bwd(dloss.float(), x2, t, stats, int(ignore_index))
 
 
 _FORWARD = {"torch": _fwd_torch, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}
@@ -210,22 +225,22 @@ def _rows(logits: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
 @_dispatch.custom_op("tforge::cross_entropy")
 def _cross_entropy_op(logits: Tensor, target: Tensor, ignore_index: int, reduction: str, need_grad: bool,
                       backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """-> (loss, saved gradient (mean/sum, need_grad) or empty, lse (none, need_grad) or empty)."""
+    """-> (loss, saved gradient (mean/sum, need_grad) or empty, row stats [2, N] (none, need_grad) or empty)."""
     check_args(logits, target, ignore_index, reduction)
     _check_backend(logits, backend)
     x2, t = _rows(logits, target)
     count = _count_and_check(t, x2.shape[1], ignore_index)
     scale = 1.0 if reduction != "mean" else 1.0 / max(count, 1)
     want_grad = need_grad and reduction != "none"
-    want_lse = need_grad and reduction == "none"
-    loss, grad, lse = _FORWARD[backend](x2, t, ignore_index, scale, want_grad, want_lse)
+    want_stats = need_grad and reduction == "none"
+    loss, grad, stats = _FORWARD[backend](x2, t, ignore_index, scale, want_grad, want_stats)
     if reduction == "none":
         out = loss.view(target.shape)
     else:
         out = loss.sum() * scale
     grad = grad.view(logits.shape) if grad is not None else logits.new_empty(_EMPTY)
-    lse = lse if lse is not None else logits.new_empty(_EMPTY, dtype=torch.float32)
-    return out, grad, lse
+    stats = stats if stats is not None else logits.new_empty(_EMPTY, dtype=torch.float32)
+    return out, grad, stats
 
 
 @_cross_entropy_op.register_fake
@@ -233,21 +248,21 @@ def _(logits, target, ignore_index, reduction, need_grad, backend):
     check_args(logits, target, ignore_index, reduction)
     loss = logits.new_empty(target.shape if reduction == "none" else (), dtype=torch.float32)
     grad = logits.new_empty(logits.shape if need_grad and reduction != "none" else _EMPTY)
-    rows = target.numel() if need_grad and reduction == "none" else 0
-    return loss, grad, logits.new_empty((rows,), dtype=torch.float32)
+    stats = (2, target.numel()) if need_grad and reduction == "none" else _EMPTY
+    return loss, grad, logits.new_empty(stats, dtype=torch.float32)
 
 
 @_dispatch.custom_op("tforge::cross_entropy_backward")
-def _cross_entropy_backward_op(dloss: Tensor, logits: Tensor, target: Tensor, lse: Tensor, ignore_index: int,
+def _cross_entropy_backward_op(dloss: Tensor, logits: Tensor, target: Tensor, stats: Tensor, ignore_index: int,
                                backend: str) -> Tensor:
-    """reduction="none": the logits' gradient recomputed from the saved per-row logsumexp."""
+    """reduction="none": the logits' gradient recomputed from the saved row stats."""
     _check_backend(logits, backend)
     x2, t = _rows(logits, target)
-    return _BACKWARD[backend](dloss.reshape(-1).contiguous(), x2, t, lse, ignore_index).view(logits.shape)
+    return _BACKWARD[backend](dloss.reshape(-1).contiguous(), x2, t, stats, ignore_index).view(logits.shape)
 
 
 @_cross_entropy_backward_op.register_fake
-def _(dloss, logits, target, lse, ignore_index, backend):
+def _(dloss, logits, target, stats, ignore_index, backend):
     return logits.new_empty(logits.shape)
 
 
@@ -255,6 +270,7 @@ def _setup_context(ctx, inputs, output):
     logits, target, ignore_index, reduction, need_grad, backend = inputs
     ctx.reduction, ctx.ignore_index, ctx.backend, ctx.fused = reduction, ignore_index, backend, need_grad
     ctx.mark_non_differentiable(output[1], output[2])  # the saved gradient goes back as is: no graph on it
+    ctx.set_materialize_grads(False)  # else autograd zero-fills a logits-sized gradient for output[1]
     if reduction == "none":
         ctx.save_for_backward(logits, target, output[2])
     elif need_grad:
@@ -263,12 +279,14 @@ def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(logits, target)
 
 
-def _backward(ctx, dloss, _dgrad, _dlse):
+def _backward(ctx, dloss, _dgrad, _dstats):
+    if dloss is None:  # (grads are not materialised: see _setup_context)
+        return None, None, None, None, None, None
     if ctx.reduction == "none":
-        logits, target, lse = ctx.saved_tensors
+        logits, target, stats = ctx.saved_tensors
         if not ctx.fused:
-            lse = _cross_entropy_op(logits, target, ctx.ignore_index, "none", True, ctx.backend)[2]
-        dx = _cross_entropy_backward_op(dloss, logits, target, lse, ctx.ignore_index, ctx.backend)
+            stats = _cross_entropy_op(logits, target, ctx.ignore_index, "none", True, ctx.backend)[2]
+        dx = _cross_entropy_backward_op(dloss, logits, target, stats, ctx.ignore_index, ctx.backend)
     else:
         if ctx.fused:
             (grad,) = ctx.saved_tensors
