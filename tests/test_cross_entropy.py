@@ -15,9 +15,9 @@ from tforge.testing import emulated_cuda
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 REDUCTIONS = ["mean", "sum", "none"]
-BACKENDS = ["torch", "cpu", "triton"]
+BACKENDS = ["torch", "cpu", "cuda", "triton"]
 # Rows x classes the emulator / interpreter run in a few seconds; "big" ones only for torch and cpu.
-SMALL = [(1, 1), (3, 1), (1, 7), (4, 17), (5, 127), (3, 257), (6, 1000), (2, 4099)]
+SMALL = [(1, 1), (3, 1), (1, 7), (4, 17), (5, 127), (3, 257), (6, 1000), (3, 1536), (2, 4099)]
 BIG = [(300, 4099), (2, 70001)]
 
 
@@ -195,9 +195,8 @@ def test_empty_batch():
         with on(backend):
             loss = tforge.cross_entropy(x, t, backend=backend)
             loss.backward()
-            loss = loss.detach()
+            assert tforge.cross_entropy(x, t, reduction="none", backend=backend).shape == (0,)
         assert loss.item() == 0.0 and x.grad.shape == x.shape
-        assert tforge.cross_entropy(x, t, reduction="none", backend=backend).shape == (0,)
 
 
 def test_no_gradient_buffer_without_grad():
@@ -299,3 +298,21 @@ def test_native_entries_check_their_arguments():
                      threads=1)
     with pytest.raises(ValueError, match="threads"):
         _native.call(C.cross_entropy_fwd_cpu, _native_args(C, x, t, **fwd), threads=0)
+
+
+def test_cuda_entries_check_their_arguments():
+    """Emulated: the CUDA host code refuses bad arguments; a target it cannot check (it lives on the GPU)
+    gives a NaN loss for its row and reads nothing out of bounds."""
+    with on("cuda"):
+        C = _native.require()
+        x, _ = _inputs(3, 10, F32)
+        loss = torch.empty(3)
+        args = _native_args(C, x, torch.tensor([1, 10, 2]), loss=_native.Out(loss))
+        _native.call(C.cross_entropy_fwd_cuda, args, device=0, stream=0)
+        assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
+        args.fields.update(logits_stride=4)
+        with pytest.raises(ValueError, match="row stride 4"):
+            _native.call(C.cross_entropy_fwd_cuda, args, device=0, stream=0)
+        with pytest.raises(ValueError, match="row_max or row_logsum"):
+            _native.call(C.cross_entropy_bwd_cuda, _native_args(C, x, torch.tensor([1, 2, 3]), grad=_native.Out(
+                torch.empty(3, 10)), row_scale=torch.ones(3)), device=0, stream=0)

@@ -7,6 +7,9 @@
 #include "bind/args.h"
 #include "common/cross_entropy_args.h"
 #include "cpu/cross_entropy.h"
+#if defined(TFORGE_WITH_CUDA)
+#include "cuda/cross_entropy.h"
+#endif
 
 namespace py = pybind11;
 
@@ -33,6 +36,12 @@ void bind_cross_entropy(py::module_& m) {
   const auto release = py::call_guard<py::gil_scoped_release>();
   m.def("cross_entropy_fwd_cpu", &cpu::cross_entropy_fwd, py::arg("args"), py::arg("threads"), release);
   m.def("cross_entropy_bwd_cpu", &cpu::cross_entropy_bwd, py::arg("args"), py::arg("threads"), release);
+#if defined(TFORGE_WITH_CUDA)
+  m.def("cross_entropy_fwd_cuda", &cuda::cross_entropy_fwd, py::arg("args"), py::arg("device"), py::arg("stream"),
+        release);
+  m.def("cross_entropy_bwd_cuda", &cuda::cross_entropy_bwd, py::arg("args"), py::arg("device"), py::arg("stream"),
+        release);
+#endif
 }
 
 }  // namespace tforge::bind
