@@ -6,12 +6,15 @@
 //   V vninf0(V x);       // x, with -inf replaced by 0
 //   float hmax(V x);     // the largest lane
 //
-// A row is read once for its logsumexp: each lane keeps a running max m and s = sum exp(x - m),
-// updated per block of four vectors (one rescaling exp per block, one exp per element), and the lanes
-// are merged at the end. A lane that has seen only -inf subtracts 0 instead of its max, so exp(-inf)
-// is 0 and no NaN appears; a NaN logit makes s NaN and so the loss. With a gradient, a second pass
-// (the row is in L1/L2 by then) writes (exp((x - m) - ls) - onehot) * scale, m the row's max and
-// ls = log(sum exp(x - m)) (not x - lse: m + ls rounds where |x| is large).
+// A row's logsumexp is kept as (m, ls): its max and ls = log(sum exp(x - m)) (x - lse is formed as
+// (x - m) - ls: m + ls rounds where |x| is large). Without a gradient the row is read once: each lane
+// keeps a running max and exp-sum, updated per block of four vectors (one rescaling exp per block, one
+// exp per element), and the lanes are merged at the end. With a gradient, three passes over the row,
+// one exp per element: its max (the only read from memory), e = exp(x - m) stored in fp32 (in the
+// gradient itself for fp32 logits, else in a per-thread row buffer) while summed, then
+// (e / sum - onehot) * scale written over it, the row and e in L1/L2. A lane that has seen only -inf
+// subtracts 0 instead of its max, so exp(-inf) is 0 and no NaN appears; a NaN logit makes the sum NaN
+// and so the loss and gradient.
 
 namespace {
 
@@ -64,6 +67,54 @@ RowLse row_lse(const T* x, int64_t n) {
   return {t.m.v, __builtin_logf(t.s.v)};
 }
 
+template <class T>
+float row_max(const T* x, int64_t n) {
+  float m = kNegInf;
+  int64_t i = 0;
+  if (n >= Vec::W) {
+    Vec a0 = Vec::set1(kNegInf), a1 = a0;
+    for (; i + 2 * Vec::W <= n; i += 2 * Vec::W) {
+      a0 = vmax(a0, Vec::load(x + i));
+      a1 = vmax(a1, Vec::load(x + i + Vec::W));
+    }
+    for (; i + Vec::W <= n; i += Vec::W) a0 = vmax(a0, Vec::load(x + i));
+    m = hmax(vmax(a0, a1));
+  }
+  for (; i < n; ++i) m = vmax(VecOne{m}, VecOne::load(x + i)).v;
+  return m;
+}
+
+// e[i] = exp(x[i] - sh) over [0, n); returns their sum (four accumulators).
+template <class T>
+float exp_store(const T* x, float* e, int64_t n, float sh) {
+  const Vec s = Vec::set1(sh);
+  Vec a0 = Vec::zero(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 4 * Vec::W <= n; i += 4 * Vec::W) {
+    const Vec e0 = vexp(Vec::load(x + i) - s), e1 = vexp(Vec::load(x + i + Vec::W) - s),
+              e2 = vexp(Vec::load(x + i + 2 * Vec::W) - s), e3 = vexp(Vec::load(x + i + 3 * Vec::W) - s);
+    Vec::store(e + i, e0);
+    Vec::store(e + i + Vec::W, e1);
+    Vec::store(e + i + 2 * Vec::W, e2);
+    Vec::store(e + i + 3 * Vec::W, e3);
+    a0 = a0 + e0;
+    a1 = a1 + e1;
+    a2 = a2 + e2;
+    a3 = a3 + e3;
+  }
+  for (; i + Vec::W <= n; i += Vec::W) {
+    const Vec e0 = vexp(Vec::load(x + i) - s);
+    Vec::store(e + i, e0);
+    a0 = a0 + e0;
+  }
+  float sum = ((a0 + a1) + (a2 + a3)).hsum();
+  for (; i < n; ++i) {
+    e[i] = vexp(VecOne::load(x + i) - VecOne::set1(sh)).v;
+    sum += e[i];
+  }
+  return sum;
+}
+
 // dst[i] = f(V{}, i) over [0, n), four vectors computed before any is stored (so that loads do not
 // wait behind stores that alias them modulo 4 KiB).
 template <class T, class F>
@@ -97,8 +148,28 @@ void zero_row(T* g, int64_t n) {
   __builtin_memset(g, 0, static_cast<size_t>(n) * sizeof(T));
 }
 
+// The forward with a gradient: (m, ls) of the row, and g = (softmax - onehot) * scale. e: fp32 [n]
+// scratch (g itself when T is float).
+template <class T>
+RowLse fused_row(const T* x, T* g, float* e, int64_t n, float scale, int64_t target) {
+  const float m = row_max(x, n);
+  const float sum = exp_store(x, e, n, m == kNegInf ? 0.f : m);
+  const float k = scale / sum, p_target = e[target] / sum;  // (e may be g: read before it is overwritten)
+  map_row(n, g, [&](auto tag, int64_t i) {
+    using V = decltype(tag);
+    return V::load(e + i) * V::set1(k);
+  });
+  VecOne::store(g + target, VecOne{(p_target - 1.f) * scale});
+  return {m, __builtin_logf(sum)};
+}
+
 template <class T>
 void fwd_rows_t(const CrossEntropyArgs& a, int64_t r0, int64_t r1) {
+  // bf16 rows need an fp32 row for exp(x - m) (g holds it for fp32).
+  float* scratch = nullptr;
+  if constexpr (!std::is_same_v<T, float>) {
+    if (a.grad) scratch = static_cast<float*>(std::malloc(static_cast<size_t>(a.cols) * sizeof(float)));
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t t = a.target_at(r);
     T* g = a.grad ? static_cast<T*>(a.grad) + r * a.cols : nullptr;
@@ -109,14 +180,23 @@ void fwd_rows_t(const CrossEntropyArgs& a, int64_t r0, int64_t r1) {
       continue;
     }
     const T* x = static_cast<const T*>(a.logits) + r * a.logits_stride;
-    const RowLse l = row_lse(x, a.cols);
+    float* e = nullptr;
+    if constexpr (std::is_same_v<T, float>) e = g;
+    else e = scratch;
+    RowLse l;
+    if (g && e) {
+      l = fused_row(x, g, e, a.cols, a.grad_scale, t);
+    } else {
+      l = row_lse(x, a.cols);
+      if (g) write_grad(x, g, a.cols, l, a.grad_scale, t);  // (no scratch memory: two exps per element)
+    }
     a.loss[r] = (l.m - VecOne::load(x + t).v) + l.ls;
     if (a.row_max) {
       a.row_max[r] = l.m;
       a.row_logsum[r] = l.ls;
     }
-    if (g) write_grad(x, g, a.cols, l, a.grad_scale, t);
   }
+  std::free(scratch);
 }
 
 template <class T>

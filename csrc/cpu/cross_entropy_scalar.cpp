@@ -1,6 +1,8 @@
 // Portable cross-entropy kernels: the fallback for CPUs without AVX2 (libm's expf).
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <type_traits>
 
 #include "common/dtype.h"
 #include "cpu/cross_entropy.h"
