@@ -471,6 +471,10 @@ void def_sparse24(py::module_& m) {
 
 }  // namespace
 
+namespace tforge::bind {
+void bind_cross_entropy(py::module_& m);  // csrc/bind/cross_entropy.cpp
+}
+
 #if defined(TFORGE_EMULATOR)
 namespace tforge::emu {
 void def_emulator(py::module_& m);
@@ -492,6 +496,7 @@ PYBIND11_MODULE(TFORGE_MODULE, m) {
   def_attention(m);
   def_int8(m);
   def_sparse24(m);
+  tforge::bind::bind_cross_entropy(m);
 
   m.def("cpu_isa", &tforge::cpu_kernel_isa, "CPU kernel set chosen at run time: 'avx2' or 'scalar'");
   m.def("int8_cpu_isa", &tforge::cpu::int8_kernel_isa, "int8 CPU kernel set: 'avx512vnni', 'avx2' or 'scalar'");

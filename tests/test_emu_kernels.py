@@ -2,7 +2,7 @@
 csrc/cuda sources and host code compiled as host C++, see docs/emulator.md), through the public ops
 with backend="cuda", against the references, forward and backward, at small odd shapes. Any data
 race, unretired cp.async, out-of-bounds access or deadlock the emulator finds fails the test with a
-RuntimeError. Every one of the 13 kernels is launched (test_every_kernel_launched)."""
+RuntimeError. Every one of the 14 kernels is launched (test_every_kernel_launched)."""
 import math
 
 import pytest
@@ -27,7 +27,7 @@ except RuntimeError as exc:  # built by `make install` (TFORGE_EMULATOR=ON), as 
 KERNELS = {"norm_fwd_kernel", "norm_bwd_dx_kernel", "norm_bwd_partials_kernel", "norm_bwd_final_kernel",
            "attn_fwd_kernel", "attn_bwd_pre_kernel", "attn_bwd_dq_kernel", "attn_bwd_dkdv_kernel",
            "int8_gemm_kernel", "int8_gemm_fallback_kernel", "quantize_rows_kernel",
-           "sparse24_linear_kernel", "nm_mask_kernel"}
+           "sparse24_linear_kernel", "nm_mask_kernel", "cross_entropy_kernel"}
 
 
 @pytest.fixture
@@ -326,7 +326,7 @@ def test_larger_shapes(emu):
 # ---------------------------------------------------------------- coverage
 
 def test_every_kernel_launched():
-    """One tiny call of every op (forward and backward) launches each of the 13 CUDA kernels."""
+    """One tiny call of every op (forward and backward) launches each of the 14 CUDA kernels."""
     with emulated_cuda() as e:
         e.reset_launch_counts()
         x = torch.randn(3, 40, dtype=torch.bfloat16, requires_grad=True)
@@ -341,5 +341,6 @@ def test_every_kernel_launched():
         tforge.quantize_per_token(x.detach(), backend="cuda")
         tforge.sparse24_linear(x.detach()[:, :32], _packed(8, 32, torch.bfloat16), backend="cuda")
         tforge.nm_mask(x.detach(), backend="cuda")
+        tforge.cross_entropy(x, torch.tensor([0, 5, 39]), backend="cuda").backward()  # (cross_entropy.py tests it)
         missing = KERNELS - set(e.launch_counts())
     assert not missing, f"kernels never launched: {sorted(missing)}"

@@ -19,7 +19,9 @@ namespace tforge::bind {
 template <class S>
 class Args : public pybind11::class_<S> {
  public:
-  Args(pybind11::module_& m, const char* name) : pybind11::class_<S>(m, name) {
+  // module_local: tforge._C and tforge._emu bind the same structs, and pybind11 would otherwise refuse
+  // the second module's registration of a C++ type the first one already registered.
+  Args(pybind11::module_& m, const char* name) : pybind11::class_<S>(m, name, pybind11::module_local()) {
     this->def(pybind11::init<>());
   }
 

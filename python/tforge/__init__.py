@@ -15,6 +15,7 @@ Public API::
     tforge.int8_matmul(a, b) -> int32;  tforge.int8_linear(x_q, x_s, w_q, w_s, bias, out_dtype)
     tforge.nm_mask(scores, n=2, m=4) / pack_2to4(w) -> Sparse24Weight / unpack_2to4(packed)
     tforge.sparse24_linear(x, packed, bias=None)   2:4 sparse x @ W^T + bias
+    tforge.cross_entropy(logits, target, ignore_index=-100, reduction="mean")  fused, fp32 loss
     tforge.backends()            what this build and machine offer
     tforge.use_backend(name)     context manager forcing a backend
     tforge.nn.LayerNorm / tforge.nn.RMSNorm / tforge.nn.Attention
@@ -25,6 +26,7 @@ Triton and transformers are imported only when used.
 from tforge._backend import backends, use_backend
 from tforge.ops.attention import attention, attention_varlen, cu_seqlens_from_lengths
 from tforge.ops.attention_qkvpacked import attention_qkvpacked, attention_varlen_qkvpacked
+from tforge.ops.cross_entropy import cross_entropy
 from tforge.ops.int8_gemm import int8_linear, int8_matmul, quantize_per_channel, quantize_per_token
 from tforge.ops.layer_norm import add_layer_norm, layer_norm
 from tforge.ops.rms_norm import add_rms_norm, rms_norm
@@ -38,4 +40,4 @@ __all__ = ["layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "attentio
            "attention_qkvpacked", "attention_varlen_qkvpacked",
            "cu_seqlens_from_lengths", "quantize_per_token", "quantize_per_channel", "int8_matmul", "int8_linear",
            "Sparse24Weight", "prune_scores", "nm_mask", "unstructured_mask", "pack_2to4", "unpack_2to4",
-           "sparse24_linear", "backends", "use_backend", "nn", "__version__"]
+           "sparse24_linear", "cross_entropy", "backends", "use_backend", "nn", "__version__"]
