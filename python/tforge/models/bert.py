@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tforge.models.config import BertConfig
-from tforge.models.loss import lm_loss
 from tforge.models.output import ModelOutput
 from tforge.models.parts import IGNORE_INDEX, check_cu_seqlens, resolve_max_seqlen
 from tforge.nn.attention import Attention
 from tforge.nn.norm import LayerNorm, add_norm
+from tforge.ops.cross_entropy import cross_entropy
 from tforge.nn.rotary import positions_from_cu_seqlens
 
 
@@ -328,7 +328,7 @@ class BertForMaskedLM(torch.nn.Module):
         where = (flat != IGNORE_INDEX).nonzero().squeeze(1)
         logits = self.head(h[where])
         target = flat[where]
-        loss = lm_loss(logits, target)  # chunked cross-entropy: mean over the labeled tokens, 0 when none
+        loss = cross_entropy(logits, target)  # mean over the labeled tokens, 0 when none
         return ModelOutput(loss=loss, logits=logits)
 
     def num_params(self) -> int:

@@ -4,7 +4,8 @@ A block is ln_1 -> tforge.nn.Attention (fused qkv, causal, grouped-query heads, 
 learned positions) -> add & ln_2 -> MLP. Each residual add is fused with the norm that
 follows it (tforge.nn.add_norm). Packed batches (cu_seqlens marking document boundaries)
 run varlen attention, so attention never crosses a document and nothing is padded. The
-Linear layers are torch.nn.Linear; the LM loss is models.loss.lm_loss.
+Linear layers are torch.nn.Linear; the LM loss is tforge.cross_entropy (fused: the logits'
+gradient is written while the loss is computed).
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tforge.models.config import GPTConfig
-from tforge.models.loss import lm_loss
 from tforge.models.output import ModelOutput
 from tforge.models.parts import IGNORE_INDEX, check_cu_seqlens, resolve_max_seqlen
 from tforge.nn.attention import Attention
 from tforge.nn.norm import LayerNorm, RMSNorm, add_norm, make_norm
 from tforge.nn.rotary import RotaryEmbedding, positions_from_cu_seqlens
+from tforge.ops.cross_entropy import cross_entropy
 
 
 class MLP(torch.nn.Module):
@@ -137,7 +138,7 @@ class GPT(torch.nn.Module):
             if labels.shape != input_ids.shape:
                 raise ValueError(f"GPT: labels must have the shape of input_ids {tuple(input_ids.shape)}, "
                                  f"got {tuple(labels.shape)}")
-            loss = lm_loss(logits, shift_labels(labels, cu_seqlens))
+            loss = cross_entropy(logits.view(-1, logits.shape[-1]), shift_labels(labels, cu_seqlens), IGNORE_INDEX)
         return ModelOutput(loss=loss, logits=logits)
 
     @torch.no_grad()
