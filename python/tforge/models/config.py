@@ -25,10 +25,6 @@ def _choice(cls: str, name: str, value: Any, choices: tuple) -> None:
 
 class _ConfigMixin:
     PRESETS: ClassVar[Dict[str, Dict[str, Any]]] = {}
-    # Removed fields that from_dict drops, so configs saved while they existed (model_spec.json,
-    # exported config.json) still load. linear: the Linear class, "tforge" (tforge.nn.Linear) or
-    # "torch"; removed with tforge.nn.Linear, which computed F.linear as torch.nn.Linear does.
-    RETIRED: ClassVar[tuple] = ("linear",)
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain dict of every field (JSON-serialisable)."""
@@ -36,15 +32,14 @@ class _ConfigMixin:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]):
-        """Inverse of to_dict; unknown keys raise (a typo must not pass silently), except the fields
-        in RETIRED, which are dropped."""
+        """Inverse of to_dict; unknown keys raise (a typo must not pass silently)."""
         if not isinstance(d, dict):
             raise ValueError(f"{cls.__name__}.from_dict: expected a dict, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names - set(cls.RETIRED))
+        unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"{cls.__name__}.from_dict: unknown keys {unknown}; known keys are {sorted(names)}")
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**d)
 
     @classmethod
     def preset(cls, name: str, **overrides):
