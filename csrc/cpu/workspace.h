@@ -1,5 +1,5 @@
-// Per-thread scratch memory and thread-count choice shared by the CPU GEMM-like
-// kernels (int8, sparse24). Header-only; one workspace per thread for all of them
+// Per-thread scratch memory shared by the CPU GEMM-like kernels (int8, sparse24), and the
+// thread-count choice of every CPU op. Header-only; one workspace per thread for all of them
 // (the kernels never nest).
 #pragma once
 #include <algorithm>
