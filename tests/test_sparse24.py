@@ -13,8 +13,8 @@ import torch
 
 from tforge import _backend
 from tforge.nn import SparseLinear
-from tforge.ops.sparse24 import (Sparse24Weight, _linear_reason, _mask_reason, nm_mask, nm_mask_ref, pack_2to4,
-                                 prune_scores, sparse24_linear, sparse24_ref, unpack_2to4, unstructured_mask)
+from tforge.ops.nm_mask import _mask_reason, nm_mask, nm_mask_ref, prune_scores, unstructured_mask
+from tforge.ops.sparse24 import Sparse24Weight, _linear_reason, pack_2to4, sparse24_linear, sparse24_ref, unpack_2to4
 from tforge.testing import assert_close
 
 HAS_CUDA = torch.cuda.is_available()

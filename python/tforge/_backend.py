@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 import functools
 import os
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -99,11 +99,15 @@ def why_unavailable(name: str, device: torch.device | None = None, dtype: torch.
 
 
 def resolve(device: torch.device, dtype: torch.dtype, requested: str | None = None,
-            supports: Callable[[str], str | None] | None = None) -> str:
-    """The backend to run for a tensor on `device` with `dtype`. `supports(name)`
-    adds an op's own limits (None when `name` can serve, else the reason)."""
+            supports: Callable[[str], str | None] | None = None, impls: Mapping[str, Callable] | None = None) -> str:
+    """The backend to run for a tensor on `device` with `dtype`: `requested`, else the innermost use_backend()
+    block's, else the first of the device's preference order that can serve. `impls` is the op's backend
+    table ({"torch": fn, "cpu": fn, ...}): only its keys are candidates. `supports(name)` adds the op's
+    own limits (None when `name` can serve, else the reason)."""
 
     def reason_for(name):
+        if impls is not None and name in BACKENDS and name not in impls:
+            return f"this op has no {name!r} implementation (it has {', '.join(impls)})"
         return why_unavailable(name, device, dtype) or (supports(name) if supports else None)
 
     stack = _current_stack()
