@@ -12,14 +12,14 @@ import tforge
 from tforge import _backend, _native
 from tforge.ops.layer_norm import layer_norm_ref
 from tforge.ops.rms_norm import rms_norm_ref
-from tforge.testing import assert_close, assert_error_within
+from tforge.testing import assert_close, assert_error_within, backend_names
 
-CPU_BACKENDS = ["cpu", "torch"]
+CPU_BACKENDS = backend_names("cpu")
 
 
 # ---------------------------------------------------------------- registration
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS + ["triton"])
+@pytest.mark.parametrize("backend", backend_names())
 def test_opcheck(backend):
     if _backend.why_unavailable(backend, torch.device("cpu"), torch.float32):
         pytest.skip(_backend.why_unavailable(backend, torch.device("cpu"), torch.float32))

@@ -138,14 +138,16 @@ def use_backend(name: str | None):
 
 
 def backends() -> dict:
-    """What this build and machine offer: each backend with `available` and,
-    when it is not, the reason; plus the CPU kernel ISA and CUDA details."""
+    """What this build and machine offer: each backend with `available` and, when it is not, the reason,
+    and `devices`, the device types it serves when chosen automatically; plus the CPU kernel ISA and CUDA
+    details. Its keys are every backend name an op's table may hold."""
     out = {}
     gpu = torch.device("cuda") if _cuda_device_count() > 0 else torch.device("cpu")
     for name in BACKENDS:
         dev = {"cpu": torch.device("cpu"), "cuda": torch.device("cuda"), "triton": gpu}.get(name)
         reason = why_unavailable(name, dev)
-        out[name] = {"available": reason is None, **({"reason": reason} if reason else {})}
+        out[name] = {"available": reason is None, **({"reason": reason} if reason else {}),
+                     "devices": [d for d, order in _PREFERENCE.items() if name in order]}
     out["cpu"]["isa"] = _native.cpu_isa()
     if _native.loaded():
         out["cpu"]["int8_isa"] = _native.require().int8_cpu_isa()
