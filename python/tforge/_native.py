@@ -125,8 +125,9 @@ def _arg(a, keep: list):
     cls = type(a)
     if cls in _SCALARS:  # sizes, strides, codes: most arguments, so checked first
         return a
-    if cls is Args:  # one call fills the struct (csrc/bind/args.h): cheaper than a setattr per field
-        return a.cls(**{name: _arg(value, keep) for name, value in a.fields.items()})
+    if cls is Args:  # one call fills the struct (csrc/bind/args.h); scalars (most fields) need no _arg call
+        return a.cls(**{name: value if type(value) in _SCALARS else _arg(value, keep)
+                        for name, value in a.fields.items()})
     if cls is Strided:
         return _pointer(a.t)
     if cls is Out:
