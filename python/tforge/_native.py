@@ -156,11 +156,12 @@ def _arg(a, keep: list):
 
 def call(fn, *args, **kwargs):
     """fn(*args, **kwargs), a tforge._C entry, with every tensor (also inside tuples, dicts and Args
-    structs) turned into its data pointer: the one place where tensors cross into the native layer. A plain tensor is read
-    densely, so it is made contiguous first; Strided(t) goes as is (its strides are among the arguments);
-    Out(t) is a dense output and must already be contiguous; None is a null pointer."""
-    keep: list = []
-    return fn(*(_arg(a, keep) for a in args), **{k: _arg(v, keep) for k, v in kwargs.items()})
+    structs) turned into its data pointer: the one place where tensors cross into the native layer. A plain
+    tensor is read densely, so it is made contiguous first; Strided(t) goes as is (its strides are among the
+    arguments); Out(t) is a dense output and must already be contiguous; None is a null pointer."""
+    keep: list = []  # (list comprehensions, scalars passed as they are: this runs on every op call)
+    return fn(*[_arg(a, keep) for a in args],
+              **{k: v if type(v) in _SCALARS else _arg(v, keep) for k, v in kwargs.items()})
 
 
 def dtype_code(t: torch.Tensor) -> int:
