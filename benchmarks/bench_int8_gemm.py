@@ -22,7 +22,7 @@ import uuid
 
 import torch
 
-from tforge import _backend
+from tforge import _backend, testing
 from tforge.bench import harness, machine, report
 from tforge.ops.int8_gemm import _op_reason, int8_linear, int8_matmul, int8_matmul_ref, quantize_per_channel, \
     quantize_per_token
@@ -50,8 +50,9 @@ def run(args) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     fdtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shapes = [QUICK_SHAPE] if args.quick else (args.shapes or (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES))
-    # Triton on a CPU is its slow interpreter: only when asked for.
-    default = ["cpu", "cuda", "triton"] if device.type == "cuda" else ["cpu"]
+    # The backends chosen automatically on this device but the torch reference (timed as a peer): so Triton,
+    # on a CPU its slow interpreter, only when asked for.
+    default = [n for n in testing.backend_names(device.type) if n != "torch"]
     backends = [n for n in (args.backends or default)
                 if (_backend.why_unavailable(n, device, torch.float32) or _op_reason(n, device)) is None]
     minfo, vers = machine.machine_info(device), machine.versions()

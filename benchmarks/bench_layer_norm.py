@@ -210,16 +210,10 @@ def check_backend(op: NormOp, backend: str, fwd_in: Inputs, grad_in: Inputs) -> 
 # ---------------------------------------------------------------- running
 
 def default_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
-    """Every tforge backend that can serve (device, dtype), except the pure-torch
-    reference and Triton under its (slow) CPU interpreter."""
-    out = []
-    for name in _backend.BACKENDS:
-        if name == "torch" or _backend.why_unavailable(name, device, dtype) is not None:
-            continue
-        if name == "triton" and device.type == "cpu":
-            continue
-        out.append(name)
-    return out
+    """Every tforge backend chosen automatically on this device type that can serve (device, dtype), except
+    the pure-torch reference (so never Triton under its slow CPU interpreter)."""
+    return [name for name in testing.backend_names(device.type)
+            if name != "torch" and _backend.why_unavailable(name, device, dtype) is None]
 
 
 def select_backends(requested: Optional[Sequence[str]], device: torch.device, dtype: torch.dtype,
@@ -227,7 +221,7 @@ def select_backends(requested: Optional[Sequence[str]], device: torch.device, dt
     if not requested:
         return default_backends(device, dtype)
     if list(requested) == ["all"]:
-        requested = _backend.BACKENDS
+        requested = testing.backend_names()
     out = []
     for name in requested:
         reason = _backend.why_unavailable(name, device, dtype)
@@ -453,7 +447,7 @@ def evaluate_goals(records: Sequence[dict], ops: dict) -> list[dict]:
                 detail = ", ".join(f"{report.shape_str(r['shape'])}: {r['ratio']:.2f}x" for r in rs)
                 goals.append({"what": what, "met": all(r["ratio"] >= op.cpu_fwd_goal for r in rs), "detail": detail})
         # GPU at (16384, 4096) bf16: fraction of copy bandwidth and faster than compile.
-        for be in ("cuda", "triton"):
+        for be in [b for b in testing.backend_names("cuda") if b != "torch"]:
             for direction, frac in GPU_GOAL_FRAC.items():
                 r = by.get((op.name, GPU_GOAL_SHAPE, "bfloat16", direction, "cuda", be))
                 what = (f"H200 {op.name} {direction} [{be}] at {report.shape_str(GPU_GOAL_SHAPE)} bf16: >= "

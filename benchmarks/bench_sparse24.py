@@ -22,9 +22,10 @@ import uuid
 import torch
 import torch.nn.functional as F
 
-from tforge import _backend
+from tforge import _backend, testing
 from tforge.bench import harness, machine, report
-from tforge.ops.sparse24 import _linear_reason, nm_mask, pack_2to4, sparse24_linear, unpack_2to4
+from tforge.ops.nm_mask import nm_mask
+from tforge.ops.sparse24 import _linear_reason, pack_2to4, sparse24_linear, unpack_2to4
 from tforge.testing import max_error, tolerances
 
 SHAPES = ((1, 4096, 4096), (64, 4096, 4096), (512, 4096, 4096), (4096, 4096, 4096))
@@ -68,8 +69,9 @@ def run(args) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shapes = args.shapes or ([QUICK_SHAPE] if args.quick else SHAPES)
-    # Triton on a CPU is its slow interpreter and the torch backend is the fp32 reference: only when asked.
-    default = ["cuda", "triton"] if device.type == "cuda" else ["cpu"]
+    # The backends chosen automatically on this device but the torch reference (timed as a peer): so Triton,
+    # on a CPU its slow interpreter, only when asked for.
+    default = [n for n in testing.backend_names(device.type) if n != "torch"]
     backends = [n for n in (args.backends or default)
                 if (_backend.why_unavailable(n, device, dtype) or _linear_reason(n, device, dtype)) is None]
     minfo, vers = machine.machine_info(device), machine.versions()

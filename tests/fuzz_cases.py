@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from tforge.testing import assert_close
+from tforge.testing import assert_close, backend_names
 
 # derandomize: the same examples every run (CI must not flake); no example database on disk.
 _COMMON = dict(derandomize=True, deadline=None, database=None, print_blob=True,
@@ -33,7 +33,7 @@ def run(profile, given_fn):
 SIZES = [0, 1, 2, 3, 5, 7, 13, 17, 31, 64]
 SMALL = [0, 1, 2, 3, 5, 7]
 LAYOUTS = ["contiguous", "transposed", "sliced", "expanded", "overlapping"]
-BACKENDS = ["cpu", "torch", None]  # None: automatic choice
+BACKENDS = backend_names("cpu") + [None]  # None: automatic choice
 FLOATS = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 CPU_DTYPES = (torch.float32, torch.bfloat16)
 

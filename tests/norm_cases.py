@@ -12,7 +12,7 @@ import tforge
 from tforge import _backend
 from tforge.ops.layer_norm import add_layer_norm_ref, layer_norm_ref
 from tforge.ops.rms_norm import add_rms_norm_ref, rms_norm_ref
-from tforge.testing import assert_close
+from tforge.testing import assert_close, backend_names
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -126,7 +126,7 @@ def check_family(fam: Family, backend: str, dtype: torch.dtype, shape, layout, f
         assert_close(a.grad, r.grad, dtype, backward=True, name=f"{fam.name} {name}")
 
 
-BACKENDS = ["cpu", "cuda", "triton", "torch"]
+BACKENDS = backend_names()
 
 
 def dtypes_for(backend):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tforge
+from backend_cases import backend_params
 from tforge import _backend
 from tforge.compress import Int8Config, load_compressed, quantize_, save_compressed
 from tforge.nn import Int8Linear
@@ -14,7 +15,6 @@ from tforge.ops.int8_gemm import (_op_reason, int8_linear, int8_linear_ref, int8
                                   quantize_per_channel, quantize_per_token, quantize_per_token_ref)
 
 HAS_CUDA = torch.cuda.is_available()
-BACKENDS = ["cpu", "triton", "torch", "cuda"]
 
 
 def _device(backend):
@@ -29,17 +29,12 @@ def _require(backend, dtype=torch.float32):
     return dev
 
 
-def _b(backends=BACKENDS):
-    return [pytest.param(b, marks=[pytest.mark.gpu] if b == "cuda" or (HAS_CUDA and b != "cpu") else [])
-            for b in backends]
-
-
 def sqnr_db(x, ref):
     noise = (x.double() - ref.double()).pow(2).mean()
     return float(10 * torch.log10(ref.double().pow(2).mean() / noise.clamp_min(1e-30)))
 
 
-@pytest.mark.parametrize("backend", _b())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("m", [1, 7, 33, 256])
 @pytest.mark.parametrize("n,k", [(1, 1), (17, 33), (64, 48), (33, 257), (96, 1000)])
 def test_int8_matmul_exact(backend, m, n, k):
@@ -55,7 +50,7 @@ def test_int8_matmul_exact(backend, m, n, k):
     assert torch.equal(c.cpu(), (a.long() @ b.long().T).int().cpu())
 
 
-@pytest.mark.parametrize("backend", _b())
+@pytest.mark.parametrize("backend", backend_params())
 def test_int8_matmul_worst_case_and_strides(backend):
     dev = _require(backend)
     a = torch.full((9, 4100), -128, dtype=torch.int8, device=dev)
@@ -67,7 +62,7 @@ def test_int8_matmul_worst_case_and_strides(backend):
     assert torch.equal(int8_matmul(a2, b2, backend=backend).cpu(), int8_matmul_ref(a2, b2).cpu())
 
 
-@pytest.mark.parametrize("backend", _b())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("m,n,k", [(1, 64, 128), (7, 33, 100), (64, 96, 256)])
 def test_int8_linear_fused_epilogue(backend, out_dtype, m, n, k):
@@ -87,7 +82,7 @@ def test_int8_linear_fused_epilogue(backend, out_dtype, m, n, k):
     assert sqnr_db(y.float(), x @ w.T + bias) >= 30
 
 
-@pytest.mark.parametrize("backend", _b())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_quantize_per_token(backend, dtype):
     dev = _require(backend, dtype)
@@ -242,7 +237,7 @@ def test_int8_cpu_kernel_sets(monkeypatch, isa):
     torch.testing.assert_close(s, quantize_per_token_ref(x)[1])
 
 
-@pytest.mark.parametrize("backend", _b())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_quantize_with_column_scale(backend, dtype):
     """SmoothQuant's run-time 1/s, fused into the quantisation pass."""

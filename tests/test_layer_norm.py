@@ -2,6 +2,7 @@
 layer_norm_ref, forward and gradients of x, residual, weight and bias."""
 import pytest
 
+from backend_cases import backend_params
 from norm_cases import LAYER_NORM, cases, check_family
 
 
@@ -15,7 +16,7 @@ def test_add_layer_norm(backend, dtype, shape, layout):
     check_family(LAYER_NORM, backend, dtype, shape, layout, fused=True, affine=True)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton", "torch", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("affine,has_bias", [(False, False), (True, False)])
 def test_layer_norm_without_params(backend, affine, has_bias):
     import torch

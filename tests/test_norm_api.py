@@ -12,14 +12,14 @@ import tforge
 from tforge import _backend, _native
 from tforge.ops.layer_norm import layer_norm_ref
 from tforge.ops.rms_norm import rms_norm_ref
-from tforge.testing import assert_close, assert_error_within
+from tforge.testing import assert_close, assert_error_within, backend_names
 
-CPU_BACKENDS = ["cpu", "torch"]
+CPU_BACKENDS = backend_names("cpu")
 
 
 # ---------------------------------------------------------------- registration
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS + ["triton"])
+@pytest.mark.parametrize("backend", backend_names())
 def test_opcheck(backend):
     if _backend.why_unavailable(backend, torch.device("cpu"), torch.float32):
         pytest.skip(_backend.why_unavailable(backend, torch.device("cpu"), torch.float32))
@@ -173,20 +173,32 @@ def test_native_layer_rechecks_arguments():
     x = torch.randn(4, 8)
     y = torch.empty_like(x)
     mean, rstd = torch.empty(4), torch.empty(4)
-    good = dict(x=x.data_ptr(), x_stride=8, residual=0, residual_stride=0, weight=0, bias=0, y=y.data_ptr(),
-                residual_out=0, mean=mean.data_ptr(), rstd=rstd.data_ptr(), rows=4, cols=8, eps=1e-5, dtype=0,
-                threads=1)
-    C.layer_norm_fwd_cpu(**good)
+    good = dict(x=x.data_ptr(), x_stride=8, y=y.data_ptr(), mean=mean.data_ptr(), rstd=rstd.data_ptr(), rows=4,
+                cols=8, eps=1e-5, dtype=0)
+    C.layer_norm_fwd_cpu(C.NormFwdArgs(**good), threads=1)
     assert_close(y, layer_norm_ref(x))
     for bad, match in [(dict(cols=0), "must be >= 1"), (dict(dtype=2), "float32 or bfloat16"),
                        (dict(dtype=7), "float32 or bfloat16"), (dict(x=0), "x is a null pointer"),
                        (dict(x_stride=4), "row stride 4 is smaller"), (dict(eps=-1.0), "eps must be"),
-                       (dict(threads=0), "threads must be"), (dict(rstd=0), "rstd is a null"),
-                       (dict(rows=-1), "rows must be")]:
+                       (dict(rstd=0), "rstd is a null"), (dict(rows=-1), "rows must be")]:
         with pytest.raises(ValueError, match=match):
-            C.layer_norm_fwd_cpu(**{**good, **bad})
+            C.layer_norm_fwd_cpu(C.NormFwdArgs(**{**good, **bad}), threads=1)
+    with pytest.raises(ValueError, match="threads must be"):
+        C.layer_norm_fwd_cpu(C.NormFwdArgs(**good), threads=0)
     with pytest.raises(ValueError, match="RMSNorm takes no bias"):
-        C.rms_norm_fwd_cpu(**{**good, "bias": x.data_ptr()})
+        C.rms_norm_fwd_cpu(C.NormFwdArgs(**good, bias=x.data_ptr()), threads=1)
+
+
+def test_native_argument_struct_names_its_fields():
+    C = _native.require()
+    a = C.NormFwdArgs(rows=3, eps=0.5, x=1234)
+    assert (a.rows, a.eps, a.x, a.cols) == (3, 0.5, 1234, 0)  # unnamed fields keep the C++ defaults
+    with pytest.raises(TypeError, match="NormFwdArgs has no field 'row'"):
+        C.NormFwdArgs(row=3)
+    with pytest.raises(TypeError, match="NormFwdArgs.rows: cannot take a str"):
+        C.NormFwdArgs(rows="3")
+    with pytest.raises(TypeError):  # an entry takes its own struct only
+        C.layer_norm_fwd_cpu(C.NormBwdArgs(rows=1, cols=1), threads=1)
 
 
 # ---------------------------------------------------------------- special values

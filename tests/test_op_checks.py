@@ -11,9 +11,9 @@ import tforge
 from tforge import _backend
 from tforge.ops.layer_norm import add_layer_norm_ref, layer_norm_ref
 from tforge.ops.rms_norm import add_rms_norm_ref, rms_norm_ref
-from tforge.testing import assert_close
+from tforge.testing import assert_close, backend_names
 
-BACKENDS = ["cpu", "torch"]
+BACKENDS = backend_names("cpu")
 
 
 # ---------------------------------------------------------------- float64 norms
@@ -83,6 +83,30 @@ def test_use_backend_is_thread_local():
         t.join(20)
     assert inside == ["torch"] and seen == {"other": "cpu", "matches_cpu": True}
     assert _backend.resolve(dev, torch.float32) == "cpu"
+
+
+
+# ---------------------------------------------------------------- backend tables
+
+def test_backend_tables_are_what_the_dispatcher_chooses_from():
+    from tforge.ops import _norm, int8_gemm, nm_mask, sparse24
+    tables = [_norm.FORWARD, _norm.BACKWARD, int8_gemm.QUANTIZE_ROWS, int8_gemm.INT8_MATMUL, int8_gemm.INT8_LINEAR,
+              nm_mask.NM_MASK, sparse24.SPARSE24_LINEAR]
+    for table in tables:  # keys are backend names tforge knows (a typo would make a backend unreachable)
+        assert "torch" in table and set(table) <= set(tforge.backends()), table
+    cpu, only_torch = torch.device("cpu"), {"torch": _norm.FORWARD["torch"]}
+    assert _backend.resolve(cpu, torch.float32, None, impls=only_torch) == "torch"
+    with pytest.raises(ValueError, match="this op has no 'cpu' implementation"):
+        _backend.resolve(cpu, torch.float32, "cpu", impls=only_torch)
+    with tforge.use_backend("cpu"), pytest.raises(ValueError, match="no 'cpu' implementation"):
+        _backend.resolve(cpu, torch.float32, None, impls=only_torch)
+
+
+def test_backend_names_follow_tforge_backends():
+    from tforge.testing import backend_names
+    assert backend_names() == list(tforge.backends())
+    assert backend_names("cpu") == ["cpu", "torch"]  # the automatic order on CPU tensors (triton only interpreted)
+    assert backend_names("cuda") == ["cuda", "triton", "torch"]
 
 
 # ---------------------------------------------------------------- argument errors: clear, one rule

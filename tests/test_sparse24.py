@@ -10,25 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from backend_cases import backend_params
 
 from tforge import _backend
 from tforge.nn import SparseLinear
-from tforge.ops.sparse24 import (Sparse24Weight, _linear_reason, _mask_reason, nm_mask, nm_mask_ref, pack_2to4,
-                                 prune_scores, sparse24_linear, sparse24_ref, unpack_2to4, unstructured_mask)
-from tforge.testing import assert_close
+from tforge.ops.nm_mask import _mask_reason, nm_mask, nm_mask_ref, prune_scores, unstructured_mask
+from tforge.ops.sparse24 import Sparse24Weight, _linear_reason, pack_2to4, sparse24_linear, sparse24_ref, unpack_2to4
+from tforge.testing import assert_close, backend_names
 
 HAS_CUDA = torch.cuda.is_available()
-BACKENDS = ["cpu", "triton", "torch", "cuda"]
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _device(backend):
     return torch.device("cuda") if HAS_CUDA and backend != "cpu" else torch.device("cpu")
-
-
-def _b(backends=BACKENDS):
-    return [pytest.param(b, marks=[pytest.mark.gpu] if b == "cuda" or (HAS_CUDA and b != "cpu") else [])
-            for b in backends]
 
 
 def _require_linear(backend, dtype, values_dtype=None):
@@ -59,7 +54,7 @@ def _sparse_weight(n, k, dtype=torch.float32, device="cpu"):
 
 # ---------------------------------------------------------------- masks
 
-@pytest.mark.parametrize("backend", _b())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (2, 8), (3, 6), (4, 16)])
 @pytest.mark.parametrize("shape", [(1, 16 * 3), (7, 48), (33, 96)], ids=str)
 def test_nm_mask_matches_sort_reference(backend, n, m, shape):
@@ -79,13 +74,13 @@ def test_nm_mask_ties_keep_lower_index_and_special_values():
     s = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, -0.0, 0.0, -1.0, float("inf"), 2.0, float("inf"), float("-inf")]])
     expected = torch.tensor([[1, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0]], dtype=torch.bool)
     assert torch.equal(nm_mask_ref(s), expected)
-    for backend in ("cpu", "triton", "torch"):
+    for backend in backend_names():
         if _backend.why_unavailable(backend, torch.device("cpu"), torch.float32) or _mask_reason(backend):
             continue
         assert torch.equal(nm_mask(s, backend=backend), expected), backend
 
 
-@pytest.mark.parametrize("backend", _b(["cpu", "triton", "torch"]))
+@pytest.mark.parametrize("backend", backend_params())
 def test_nm_mask_strided_and_3d(backend):
     dev = _require_mask(backend)
     wide = torch.randn(9, 40, device=dev)
@@ -221,7 +216,7 @@ def _shapes_for(backend):
     return [(5, 4), (33, 68), (64, 1028)]
 
 
-@pytest.mark.parametrize("backend", _b())
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("m", [1, 7, 64, 300])
 def test_sparse24_linear_vs_reference(backend, dtype, m):
@@ -240,7 +235,7 @@ def test_sparse24_linear_vs_reference(backend, dtype, m):
         assert_close(y, (x.float() @ unpack_2to4(packed).float().T + bias).to(dtype), dtype)
 
 
-@pytest.mark.parametrize("backend", _b(["cpu", "triton", "torch", "cuda"]))
+@pytest.mark.parametrize("backend", backend_params())
 def test_sparse24_linear_strides_3d_and_empty(backend):
     dtype = torch.bfloat16 if backend == "cuda" else torch.float32
     dev = _require_linear(backend, dtype)
@@ -259,7 +254,7 @@ def test_sparse24_linear_strides_3d_and_empty(backend):
             assert_close(y, sparse24_ref(x, packed, bias), dtype)
 
 
-@pytest.mark.parametrize("backend", _b(["cpu", "triton", "torch"]))
+@pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_sparse24_linear_int8_values(backend, dtype):
     dev = _require_linear(backend, dtype, torch.int8)
@@ -303,13 +298,13 @@ def test_sparse24_linear_bad_input(i):
         call()
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
+@pytest.mark.parametrize("backend", backend_params())
 def test_sparse24_linear_autograd(backend):
-    _require_linear(backend, torch.float32)
-    packed = pack_2to4(_sparse_weight(10, 16))
+    dev = _require_linear(backend, torch.float32)
+    packed = pack_2to4(_sparse_weight(10, 16, device=dev))
     dense = unpack_2to4(packed)
-    x = torch.randn(2, 3, 16, requires_grad=True)
-    bias = torch.randn(10, requires_grad=True)
+    x = torch.randn(2, 3, 16, device=dev, requires_grad=True)
+    bias = torch.randn(10, device=dev, requires_grad=True)
     y = sparse24_linear(x, packed, bias, backend=backend)
     g = torch.randn_like(y)
     y.backward(g)

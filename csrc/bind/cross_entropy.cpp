@@ -15,7 +15,7 @@ namespace py = pybind11;
 
 namespace tforge::bind {
 
-void bind_cross_entropy(py::module_& m) {
+void def_cross_entropy(py::module_& m) {
   using A = CrossEntropyArgs;
   Args<A>(m, "CrossEntropyArgs")
       .field("logits", &A::logits)

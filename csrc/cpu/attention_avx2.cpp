@@ -48,25 +48,6 @@ inline Vec vexp2(Vec xv) {
   return {_mm256_andnot_ps(tiny, _mm256_mul_ps(y, scale))};
 }
 
-inline void transpose8(__m256* x) {
-  const __m256 t0 = _mm256_unpacklo_ps(x[0], x[1]), t1 = _mm256_unpackhi_ps(x[0], x[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(x[2], x[3]), t3 = _mm256_unpackhi_ps(x[2], x[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(x[4], x[5]), t5 = _mm256_unpackhi_ps(x[4], x[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(x[6], x[7]), t7 = _mm256_unpackhi_ps(x[6], x[7]);
-  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  x[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-  x[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-  x[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-  x[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-  x[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-  x[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-  x[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-  x[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-
 // dst[c * ldd + r] (= or +=) src[r * lds + c] * scale * (cscale ? cscale[c] : 1): 8x8 tiles in registers,
 // scalar edges.
 template <class TS, class TD, bool ACC>

@@ -8,6 +8,7 @@
 
 #include "common/cpu_features.h"
 #include "common/dtype.h"
+#include "cpu/workspace.h"
 
 namespace tforge::cpu {
 namespace {
@@ -15,22 +16,17 @@ namespace {
 constexpr unsigned kCpuDtypes = (1u << kFloat32) | (1u << kBFloat16);
 
 // Threads worth waking: about 32K elements each (a row's two passes cost ~1 us per 4K), at most one per row.
-int pick_threads(int threads, int64_t rows, int64_t cols) {
-  TF_CHECK_ARG(threads >= 1, "threads must be >= 1, got ", threads);
-  const int64_t by_work = std::max<int64_t>(1, rows * cols / 32768);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, by_work, rows})));
-}
+constexpr double kRowGrain = 32768;
 
 template <class F>
 void run_rows(const CrossEntropyArgs& a, int threads, F&& rows_fn) {
-  const int nt = pick_threads(threads, a.rows, a.cols);
+  TF_CHECK_ARG(threads >= 1, "threads must be >= 1, got ", threads);
+  const int nt = scratch::pick_threads(threads, static_cast<double>(a.rows) * a.cols, kRowGrain, a.rows);
 #pragma omp parallel num_threads(nt)
   {
-    // Contiguous blocks of rows: each thread streams its own part of logits and grad.
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    const int64_t per = a.rows / n, extra = a.rows % n;
-    const int64_t begin = t * per + std::min<int64_t>(t, extra);
-    rows_fn(begin, begin + per + (t < extra ? 1 : 0));
+    int64_t begin, end;
+    scratch::row_range(a.rows, omp_get_thread_num(), omp_get_num_threads(), &begin, &end);
+    rows_fn(begin, end);
   }
 }
 

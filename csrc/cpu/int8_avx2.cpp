@@ -115,7 +115,7 @@ inline void load_pairs_8x16(const int8_t* a, int64_t ld, int nrows, int64_t k, i
       r[i] = load16_i8_to_i16(t);
     }
   }
-  transpose8_epi32(r);
+  transpose8(r);
 }
 
 }  // namespace

@@ -148,7 +148,7 @@ void int8_pack_a(const int8_t* a, int64_t lda, int64_t rows, int64_t K, void* ds
     __m256i r[8];
     load_quads_8x32(a, lda, nrows, k, K, r);
     for (int i = 0; i < 8; ++i) sum[i] = _mm256_dpbusd_epi32(sum[i], ones, r[i]);
-    transpose8_epi32(r);
+    transpose8(r);
     const int64_t q0 = k / 4;
     for (int64_t j = 0; j < 8 && q0 + j < nq; ++j)
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + (q0 + j) * MR), r[j]);
@@ -166,7 +166,7 @@ void int8_pack_b(const int8_t* b, int64_t ldb, int64_t cols, int64_t K, void* ds
       __m256i r[8];
       load_quads_8x32(b + o * 8 * ldb, ldb, nrows, k, K, r);
       for (int i = 0; i < 8; ++i) r[i] = _mm256_xor_si256(r[i], flip);
-      transpose8_epi32(r);
+      transpose8(r);
       const int64_t q0 = k / 4;
       for (int64_t j = 0; j < 8 && q0 + j < nq; ++j)
         _mm256_store_si256(reinterpret_cast<__m256i*>(d + (q0 + j) * NR + o * 8), r[j]);

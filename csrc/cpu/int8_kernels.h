@@ -56,28 +56,6 @@ inline float absmax_h(Vec acc) {
 }
 inline Vec vdiv(Vec a, Vec b) { return {_mm256_div_ps(a.v, b.v)}; }
 
-// Packing helper: 8 x 8 transpose of 32-bit lanes.
-inline void transpose8_epi32(__m256i* r) {
-  __m256 x[8];
-  for (int i = 0; i < 8; ++i) x[i] = _mm256_castsi256_ps(r[i]);
-  const __m256 t0 = _mm256_unpacklo_ps(x[0], x[1]), t1 = _mm256_unpackhi_ps(x[0], x[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(x[2], x[3]), t3 = _mm256_unpackhi_ps(x[2], x[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(x[4], x[5]), t5 = _mm256_unpackhi_ps(x[4], x[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(x[6], x[7]), t7 = _mm256_unpackhi_ps(x[6], x[7]);
-  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_castps_si256(_mm256_permute2f128_ps(s0, s4, 0x20));
-  r[1] = _mm256_castps_si256(_mm256_permute2f128_ps(s1, s5, 0x20));
-  r[2] = _mm256_castps_si256(_mm256_permute2f128_ps(s2, s6, 0x20));
-  r[3] = _mm256_castps_si256(_mm256_permute2f128_ps(s3, s7, 0x20));
-  r[4] = _mm256_castps_si256(_mm256_permute2f128_ps(s0, s4, 0x31));
-  r[5] = _mm256_castps_si256(_mm256_permute2f128_ps(s1, s5, 0x31));
-  r[6] = _mm256_castps_si256(_mm256_permute2f128_ps(s2, s6, 0x31));
-  r[7] = _mm256_castps_si256(_mm256_permute2f128_ps(s3, s7, 0x31));
-}
-
 // q[0..8) = clamp(round_half_even(v), -127, 127); v finite.
 inline void store_q(int8_t* q, Vec v) {
   __m256 r = _mm256_round_ps(v.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

@@ -12,6 +12,7 @@
 #include "common/checks.h"
 #include "common/cpu_features.h"
 #include "common/dtype.h"
+#include "cpu/workspace.h"
 
 namespace tforge::cpu {
 namespace {
@@ -29,24 +30,14 @@ void check_rows(const void* p, int64_t stride, int64_t rows, int64_t cols, const
   TF_CHECK_ARG(stride >= cols, op, ": ", name, " row stride ", stride, " is smaller than the row length ", cols);
 }
 
-// Threads worth using: about 16K elements per thread or more, never more than rows.
-int pick_threads(int threads, int64_t rows, int64_t cols) {
-  TF_CHECK_ARG(threads >= 1, "threads must be >= 1, got ", threads);
-  const int64_t by_work = std::max<int64_t>(1, rows * cols / 16384);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, by_work, rows})));
-}
-
-// Rows [begin, end) of thread t out of nt: contiguous blocks, so each thread streams.
-void row_range(int64_t rows, int t, int nt, int64_t* begin, int64_t* end) {
-  const int64_t per = rows / nt, extra = rows % nt;
-  *begin = t * per + std::min<int64_t>(t, extra);
-  *end = *begin + per + (t < extra ? 1 : 0);
-}
+// Threads worth using (scratch::pick_threads): about 16K elements per thread or more, never more than rows.
+constexpr double kRowGrain = 16384;
 
 }  // namespace
 
 void norm_fwd(const NormFwdArgs& a, int threads) {
   const char* op = a.rms ? "rms_norm_fwd_cpu" : "layer_norm_fwd_cpu";
+  TF_CHECK_ARG(threads >= 1, op, ": threads must be >= 1, got ", threads);
   check_common(a.rows, a.cols, a.dtype, op);
   TF_CHECK_ARG(std::isfinite(a.eps) && a.eps > 0.f, op, ": eps must be a positive finite number, got ", a.eps);
   TF_CHECK_ARG(!(a.rms && a.bias), op, ": RMSNorm takes no bias");
@@ -61,11 +52,11 @@ void norm_fwd(const NormFwdArgs& a, int threads) {
   }
 
   const bool avx2 = cpu_has_avx2_fma();
-  const int nt = pick_threads(threads, a.rows, a.cols);
+  const int nt = scratch::pick_threads(threads, static_cast<double>(a.rows) * a.cols, kRowGrain, a.rows);
 #pragma omp parallel num_threads(nt)
   {
     int64_t begin, end;
-    row_range(a.rows, omp_get_thread_num(), omp_get_num_threads(), &begin, &end);
+    scratch::row_range(a.rows, omp_get_thread_num(), omp_get_num_threads(), &begin, &end);
 #if defined(TFORGE_HAVE_X86)
     if (avx2) avx2::norm_fwd_rows(a, begin, end);
     else
@@ -77,6 +68,7 @@ void norm_fwd(const NormFwdArgs& a, int threads) {
 
 void norm_bwd(const NormBwdArgs& a, int threads) {
   const char* op = a.rms ? "rms_norm_bwd_cpu" : "layer_norm_bwd_cpu";
+  TF_CHECK_ARG(threads >= 1, op, ": threads must be >= 1, got ", threads);
   check_common(a.rows, a.cols, a.dtype, op);
   TF_CHECK_ARG(!(a.rms && a.dbias), op, ": RMSNorm has no bias gradient");
   TF_CHECK_ARG(!a.dweight || a.weight, op, ": dweight requested without weight");
@@ -91,7 +83,7 @@ void norm_bwd(const NormBwdArgs& a, int threads) {
   }
 
   const bool avx2 = cpu_has_avx2_fma();
-  const int nt = a.rows > 0 ? pick_threads(threads, a.rows, n) : 1;
+  const int nt = a.rows > 0 ? scratch::pick_threads(threads, static_cast<double>(a.rows) * n, kRowGrain, a.rows) : 1;
   const int nacc = (a.dweight ? 1 : 0) + (a.dbias ? 1 : 0);
   // One fp32 partial per thread and per gradient: deterministic for a given thread count.
   std::vector<float> partial(static_cast<size_t>(nt) * nacc * n, 0.f);
@@ -100,7 +92,7 @@ void norm_bwd(const NormBwdArgs& a, int threads) {
     {
       const int t = omp_get_thread_num();
       int64_t begin, end;
-      row_range(a.rows, t, omp_get_num_threads(), &begin, &end);
+      scratch::row_range(a.rows, t, omp_get_num_threads(), &begin, &end);
       float* base = partial.data() + static_cast<size_t>(t) * nacc * n;
       float* dw_acc = a.dweight ? base : nullptr;
       float* db_acc = a.dbias ? base + (a.dweight ? n : 0) : nullptr;

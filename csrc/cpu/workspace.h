@@ -1,5 +1,5 @@
-// Per-thread scratch memory and thread-count choice shared by the CPU GEMM-like
-// kernels (int8, sparse24). Header-only; one workspace per thread for all of them
+// Per-thread scratch memory shared by the CPU GEMM-like kernels (int8, sparse24), and the
+// thread-count choice of every CPU op. Header-only; one workspace per thread for all of them
 // (the kernels never nest).
 #pragma once
 #include <algorithm>
@@ -61,6 +61,13 @@ inline Workspace& thread_workspace() {
 inline int pick_threads(int threads, double work, double grain, int64_t tasks) {
   const double by_work = std::max(1.0, std::min(work / grain, static_cast<double>(threads)));
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({threads, static_cast<int64_t>(by_work), tasks})));
+}
+
+// Rows [begin, end) of thread t out of nt: contiguous blocks, so each thread streams its own part.
+inline void row_range(int64_t rows, int t, int nt, int64_t* begin, int64_t* end) {
+  const int64_t per = rows / nt, extra = rows % nt;
+  *begin = t * per + std::min<int64_t>(t, extra);
+  *end = *begin + per + (t < extra ? 1 : 0);
 }
 
 }  // namespace tforge::cpu::scratch

@@ -1,5 +1,5 @@
 // CUDA flash attention (FlashAttention-2 style, mma.sync tensor cores), the
-// entry points bindings.cpp calls. Plain C++: no CUDA headers, so g++ can
+// entry points bind/attention.cpp calls. Plain C++: no CUDA headers, so g++ can
 // include it. Arguments, layouts and masking rules: common/attention_args.h.
 // `stream` is a cudaStream_t cast to uintptr_t, `device` the device index.
 // Kernels are launched on that stream without synchronising; argument errors

@@ -1,4 +1,4 @@
-// CUDA int8 kernels (W8A8), the entry points bindings.cpp calls. Plain C++:
+// CUDA int8 kernels (W8A8), the entry points bind/int8.cpp calls. Plain C++:
 // no CUDA headers, so g++ can include it. Arguments and semantics:
 // common/int8_args.h. `stream` is a cudaStream_t cast to uintptr_t
 // (torch.cuda.current_stream().cuda_stream), `device` the device index.

@@ -1,5 +1,5 @@
 // CUDA LayerNorm / RMSNorm (plain and fused with a residual add), the entry
-// points bindings.cpp calls. Plain C++: no CUDA headers, so g++ can include it.
+// points bind/norm.cpp calls. Plain C++: no CUDA headers, so g++ can include it.
 // `stream` is a cudaStream_t cast to uintptr_t (torch.cuda.current_stream()
 // .cuda_stream); `device` the device index. Kernels are launched on that
 // stream without synchronising; argument errors throw std::invalid_argument,

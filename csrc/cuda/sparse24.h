@@ -1,4 +1,4 @@
-// CUDA 2:4 sparse kernels, the entry points bindings.cpp calls. Plain C++:
+// CUDA 2:4 sparse kernels, the entry points bind/sparse24.cpp calls. Plain C++:
 // no CUDA headers, so g++ can include it. Packed format and semantics:
 // common/sparse24_args.h. `stream` is a cudaStream_t cast to uintptr_t
 // (torch.cuda.current_stream().cuda_stream), `device` the device index.

@@ -1,5 +1,5 @@
 // The emulator's own entries in tforge._emu (the CUDA entries themselves are
-// csrc/bindings.cpp's, bound to the emulated kernels): the emulated device,
+// csrc/bind/<op>.cpp's, bound to the emulated kernels): the emulated device,
 // the global buffers kernels may touch, launch counts, and the fragment
 // tables and 16-bit conversions that tests check against independent sources.
 #include <pybind11/pybind11.h>

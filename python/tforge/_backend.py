@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 import functools
 import os
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -99,11 +99,15 @@ def why_unavailable(name: str, device: torch.device | None = None, dtype: torch.
 
 
 def resolve(device: torch.device, dtype: torch.dtype, requested: str | None = None,
-            supports: Callable[[str], str | None] | None = None) -> str:
-    """The backend to run for a tensor on `device` with `dtype`. `supports(name)`
-    adds an op's own limits (None when `name` can serve, else the reason)."""
+            supports: Callable[[str], str | None] | None = None, impls: Mapping[str, Callable] | None = None) -> str:
+    """The backend to run for a tensor on `device` with `dtype`: `requested`, else the innermost use_backend()
+    block's, else the first of the device's preference order that can serve. `impls` is the op's backend
+    table ({"torch": fn, "cpu": fn, ...}): only its keys are candidates. `supports(name)` adds the op's
+    own limits (None when `name` can serve, else the reason)."""
 
     def reason_for(name):
+        if impls is not None and name in BACKENDS and name not in impls:
+            return f"this op has no {name!r} implementation (it has {', '.join(impls)})"
         return why_unavailable(name, device, dtype) or (supports(name) if supports else None)
 
     stack = _current_stack()
@@ -134,14 +138,16 @@ def use_backend(name: str | None):
 
 
 def backends() -> dict:
-    """What this build and machine offer: each backend with `available` and,
-    when it is not, the reason; plus the CPU kernel ISA and CUDA details."""
+    """What this build and machine offer: each backend with `available` and, when it is not, the reason,
+    and `devices`, the device types it serves when chosen automatically; plus the CPU kernel ISA and CUDA
+    details. Its keys are every backend name an op's table may hold."""
     out = {}
     gpu = torch.device("cuda") if _cuda_device_count() > 0 else torch.device("cpu")
     for name in BACKENDS:
         dev = {"cpu": torch.device("cpu"), "cuda": torch.device("cuda"), "triton": gpu}.get(name)
         reason = why_unavailable(name, dev)
-        out[name] = {"available": reason is None, **({"reason": reason} if reason else {})}
+        out[name] = {"available": reason is None, **({"reason": reason} if reason else {}),
+                     "devices": [d for d, order in _PREFERENCE.items() if name in order]}
     out["cpu"]["isa"] = _native.cpu_isa()
     if _native.loaded():
         out["cpu"]["int8_isa"] = _native.require().int8_cpu_isa()

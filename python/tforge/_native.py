@@ -109,7 +109,8 @@ class Out:
 class Args:
     """An op's native argument struct (csrc/common/<op>_args.h, bound by csrc/bind/args.h), filled by
     field name when the call is made: Args(C.NormFwdArgs, x=Strided(x), rows=m, ...). Tensor fields
-    become addresses as in call(); an unknown field name is an AttributeError from the binding."""
+    become addresses as in call(), nested Args become structs; an unknown field name or a value of the
+    wrong type is a TypeError from the binding. Fields left out keep the struct's defaults."""
     __slots__ = ("cls", "fields")
 
     def __init__(self, cls, **fields):
@@ -124,6 +125,9 @@ def _arg(a, keep: list):
     cls = type(a)
     if cls in _SCALARS:  # sizes, strides, codes: most arguments, so checked first
         return a
+    if cls is Args:  # one call fills the struct (csrc/bind/args.h); scalars (most fields) need no _arg call
+        return a.cls(**{name: value if type(value) in _SCALARS else _arg(value, keep)
+                        for name, value in a.fields.items()})
     if cls is Strided:
         return _pointer(a.t)
     if cls is Out:
@@ -147,21 +151,17 @@ def _arg(a, keep: list):
         return tuple(_arg(x, keep) for x in a)
     if cls is dict:
         return {k: _arg(v, keep) for k, v in a.items()}
-    if cls is Args:
-        struct = a.cls()
-        for name, value in a.fields.items():
-            setattr(struct, name, _arg(value, keep))
-        return struct
     return a
 
 
 def call(fn, *args, **kwargs):
     """fn(*args, **kwargs), a tforge._C entry, with every tensor (also inside tuples, dicts and Args
-    structs) turned into its data pointer: the one place where tensors cross into the native layer. A plain tensor is read
-    densely, so it is made contiguous first; Strided(t) goes as is (its strides are among the arguments);
-    Out(t) is a dense output and must already be contiguous; None is a null pointer."""
-    keep: list = []
-    return fn(*(_arg(a, keep) for a in args), **{k: _arg(v, keep) for k, v in kwargs.items()})
+    structs) turned into its data pointer: the one place where tensors cross into the native layer. A plain
+    tensor is read densely, so it is made contiguous first; Strided(t) goes as is (its strides are among the
+    arguments); Out(t) is a dense output and must already be contiguous; None is a null pointer."""
+    keep: list = []  # (list comprehensions, scalars passed as they are: this runs on every op call)
+    return fn(*[_arg(a, keep) for a in args],
+              **{k: v if type(v) in _SCALARS else _arg(v, keep) for k, v in kwargs.items()})
 
 
 def dtype_code(t: torch.Tensor) -> int:

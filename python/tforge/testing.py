@@ -80,3 +80,11 @@ def emulated_cuda(sms: int = 132, cc: tuple[int, int] = (9, 0)):
         _native.set_emulator(None)
         emu.clear_buffers()
         emu.configure(**prev)
+
+
+def backend_names(device: str | None = None) -> list[str]:
+    """The backends tests and benchmarks run, from tforge.backends() (never a list spelled out by hand, so
+    a new backend is covered everywhere): all of them, or with `device` ("cpu", "cuda") those chosen
+    automatically for tensors there. Unavailable ones are included: callers skip them, saying why."""
+    from tforge import _backend
+    return [name for name, info in _backend.backends().items() if device is None or device in info["devices"]]

@@ -20,7 +20,8 @@ def _is_int(x) -> bool:
 
 
 def head_dim_reason(name: str, head_dim: int, dtype: torch.dtype) -> Optional[str]:
-    if name in ("cpu", "cuda") and not hasattr(_native.require(), f"attention_fwd_{name}"):
+    entry = {"cpu": "attention_fwd_cpu", "cuda": "attention_fwd_cuda"}.get(name)
+    if entry is not None and not hasattr(_native.require(), entry):
         return f"backend {name!r} has no attention kernels in this build of tforge._C"
     if name == "cuda":
         C = _native.require()

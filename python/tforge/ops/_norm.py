@@ -109,25 +109,43 @@ def _fwd_torch(x2, r2, w, b, eps, rms):
     return y.to(x2.dtype), (s.contiguous() if r2 is not None else None), mean, rstd
 
 
-def _fwd_native(x2, r2, w, b, eps, rms, device_kind):
-    C = _native.require()
+def _fwd_args(x2, r2, w, b, eps, rms):
+    """The outputs (y, residual_out, mean, rstd), allocated, and the NormFwdArgs that fill them."""
     m, n = x2.shape
     y = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
     res_out = torch.empty_like(y) if r2 is not None else None
     mean = None if rms else torch.empty(m, dtype=torch.float32, device=x2.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x2.device)
-    name = "rms_norm" if rms else "layer_norm"
-    kwargs = dict(x=_native.Strided(x2), x_stride=_native.row_stride(x2),
-                  residual=_native.Strided(r2) if r2 is not None else None,
-                  residual_stride=_native.row_stride(r2) if r2 is not None else 0, weight=w, bias=b,
-                  y=_native.Out(y), residual_out=_native.Out(res_out), mean=_native.Out(mean),
-                  rstd=_native.Out(rstd), rows=m, cols=n, eps=float(eps), dtype=_native.dtype_code(x2))
-    if device_kind == "cpu":
-        _native.call(getattr(C, f"{name}_fwd_cpu"), **kwargs, threads=torch.get_num_threads())
-    else:
-        device, stream = _native.cuda_stream(x2)
-        _native.call(getattr(C, f"{name}_fwd_cuda"), **kwargs, device=device, stream=stream)
-    return y, res_out, mean, rstd
+    args = _native.Args(_native.require().NormFwdArgs, x=_native.Strided(x2), x_stride=_native.row_stride(x2),
+                        residual=_native.Strided(r2) if r2 is not None else None,
+                        residual_stride=_native.row_stride(r2) if r2 is not None else 0, weight=w, bias=b,
+                        y=_native.Out(y), residual_out=_native.Out(res_out), mean=_native.Out(mean),
+                        rstd=_native.Out(rstd), rows=m, cols=n, eps=float(eps), dtype=_native.dtype_code(x2))
+    return (y, res_out, mean, rstd), args
+
+
+def _fwd_cpu(x2, r2, w, b, eps, rms):
+    outs, args = _fwd_args(x2, r2, w, b, eps, rms)
+    C = _native.require()
+    _native.call(C.rms_norm_fwd_cpu if rms else C.layer_norm_fwd_cpu, args, threads=torch.get_num_threads())
+    return outs
+
+
+def _fwd_cuda(x2, r2, w, b, eps, rms):
+    outs, args = _fwd_args(x2, r2, w, b, eps, rms)
+    C = _native.require()
+    device, stream = _native.cuda_stream(x2)
+    _native.call(C.rms_norm_fwd_cuda if rms else C.layer_norm_fwd_cuda, args, device=device, stream=stream)
+    return outs
+
+
+def _fwd_triton(x2, r2, w, b, eps, rms):
+    from tforge.triton import norm as tnorm
+    return tnorm.norm_fwd(x2, r2, w, b, float(eps), rms)
+
+
+# The forward on each backend: (x2, r2, weight, bias, eps, rms) -> (y, residual_out, mean, rstd), all (rows, n).
+FORWARD = {"torch": _fwd_torch, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}
 
 
 def norm_forward(x: Tensor, residual: Tensor | None, weight: Tensor | None, bias: Tensor | None, eps: float,
@@ -138,15 +156,7 @@ def norm_forward(x: Tensor, residual: Tensor | None, weight: Tensor | None, bias
     r2 = _native.as_rows(residual, n) if residual is not None else None
     w = weight.contiguous() if weight is not None else None
     b = bias.contiguous() if bias is not None else None
-    if backend == "torch":
-        y, res_out, mean, rstd = _fwd_torch(x2, r2, w, b, eps, rms)
-    elif backend in ("cpu", "cuda"):
-        y, res_out, mean, rstd = _fwd_native(x2, r2, w, b, eps, rms, backend)
-    elif backend == "triton":
-        from tforge.triton import norm as tnorm
-        y, res_out, mean, rstd = tnorm.norm_fwd(x2, r2, w, b, float(eps), rms)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
+    y, res_out, mean, rstd = FORWARD[backend](x2, r2, w, b, eps, rms)
     return (y.view(x.shape), res_out.view(x.shape) if res_out is not None else None, mean, rstd)
 
 
@@ -172,29 +182,48 @@ def _bwd_torch(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db):
     return dx.to(x2.dtype), dw, db
 
 
-def _bwd_native(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db, device_kind):
-    C = _native.require()
+def _bwd_args(dy2, dr2, x2, w, mean, rstd, need_dw, need_db):
+    """The gradients (dx, dweight, dbias), allocated (None when not asked), and the NormBwdArgs that fill them."""
     m, n = x2.shape
     dx = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
     dw = torch.empty(n, dtype=x2.dtype, device=x2.device) if need_dw else None
     db = torch.empty(n, dtype=x2.dtype, device=x2.device) if need_db else None
-    name = "rms_norm" if rms else "layer_norm"
-    kwargs = dict(dy=_native.Strided(dy2), dy_stride=_native.row_stride(dy2),
-                  dresidual_out=_native.Strided(dr2) if dr2 is not None else None,
-                  dres_stride=_native.row_stride(dr2) if dr2 is not None else 0, x=_native.Strided(x2),
-                  x_stride=_native.row_stride(x2), weight=w, mean=mean, rstd=rstd, dx=_native.Out(dx),
-                  dweight=_native.Out(dw), dbias=_native.Out(db), rows=m, cols=n, dtype=_native.dtype_code(x2))
-    if device_kind == "cpu":
-        _native.call(getattr(C, f"{name}_bwd_cpu"), **kwargs, threads=torch.get_num_threads())
-    else:
-        device, stream = _native.cuda_stream(x2)
-        ws_floats = getattr(C, f"{name}_bwd_cuda_workspace")(rows=m, cols=n, has_dweight=dw is not None,
-                                                             has_dbias=db is not None, dtype=kwargs["dtype"],
-                                                             device=device)
-        ws = torch.empty(max(ws_floats, 1), dtype=torch.float32, device=x2.device)
-        _native.call(getattr(C, f"{name}_bwd_cuda"), **kwargs, workspace=_native.Out(ws), workspace_floats=ws_floats,
-                     device=device, stream=stream)
-    return dx, dw, db
+    args = _native.Args(_native.require().NormBwdArgs, dy=_native.Strided(dy2), dy_stride=_native.row_stride(dy2),
+                        dresidual_out=_native.Strided(dr2) if dr2 is not None else None,
+                        dres_stride=_native.row_stride(dr2) if dr2 is not None else 0, x=_native.Strided(x2),
+                        x_stride=_native.row_stride(x2), weight=w, mean=mean, rstd=rstd, dx=_native.Out(dx),
+                        dweight=_native.Out(dw), dbias=_native.Out(db), rows=m, cols=n, dtype=_native.dtype_code(x2))
+    return (dx, dw, db), args
+
+
+def _bwd_cpu(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db):
+    grads, args = _bwd_args(dy2, dr2, x2, w, mean, rstd, need_dw, need_db)
+    C = _native.require()
+    _native.call(C.rms_norm_bwd_cpu if rms else C.layer_norm_bwd_cpu, args, threads=torch.get_num_threads())
+    return grads
+
+
+def _bwd_cuda(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db):
+    grads, args = _bwd_args(dy2, dr2, x2, w, mean, rstd, need_dw, need_db)
+    C = _native.require()
+    device, stream = _native.cuda_stream(x2)
+    workspace = C.rms_norm_bwd_cuda_workspace if rms else C.layer_norm_bwd_cuda_workspace
+    ws_floats = _native.call(workspace, args, device=device)  # dweight / dbias partials, allocated by torch
+    ws = torch.empty(max(ws_floats, 1), dtype=torch.float32, device=x2.device)
+    _native.call(C.rms_norm_bwd_cuda if rms else C.layer_norm_bwd_cuda, args, workspace=_native.Out(ws),
+                 workspace_floats=ws_floats, device=device, stream=stream)
+    return grads
+
+
+def _bwd_triton(dy2, dr2, x2, w, mean, rstd, rms, need_dw, need_db):
+    from tforge.triton import norm as tnorm
+    dx, dw, db = tnorm.norm_bwd(dy2, dr2, x2, w, mean, rstd, rms, need_db)
+    return dx, (dw if need_dw else None), db
+
+
+# The backward on each backend: (dy2, dresidual2, x2, weight, mean, rstd, rms, need_dweight, need_dbias)
+# -> (dx, dweight, dbias), dx (rows, n); gradients not asked for are None.
+BACKWARD = {"torch": _bwd_torch, "cpu": _bwd_cpu, "cuda": _bwd_cuda, "triton": _bwd_triton}
 
 
 def norm_backward(dy: Tensor, dresidual_out: Tensor | None, x: Tensor, weight: Tensor | None,
@@ -207,16 +236,7 @@ def norm_backward(dy: Tensor, dresidual_out: Tensor | None, x: Tensor, weight: T
     dy2 = _native.as_rows(dy, n)
     dr2 = _native.as_rows(dresidual_out, n) if dresidual_out is not None else None
     w = weight.contiguous() if weight is not None else None
-    if backend == "torch":
-        dx, dw, db = _bwd_torch(dy2, dr2, x2, w, mean, rstd, rms, need_dweight, need_dbias)
-    elif backend in ("cpu", "cuda"):
-        dx, dw, db = _bwd_native(dy2, dr2, x2, w, mean, rstd, rms, need_dweight, need_dbias, backend)
-    elif backend == "triton":
-        from tforge.triton import norm as tnorm
-        dx, dw, db = tnorm.norm_bwd(dy2, dr2, x2, w, mean, rstd, rms, need_dbias)
-        dw = dw if need_dweight else None
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
+    dx, dw, db = BACKWARD[backend](dy2, dr2, x2, w, mean, rstd, rms, need_dweight, need_dbias)
     return dx.view(x.shape), dw, db
 
 

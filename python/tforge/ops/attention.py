@@ -19,6 +19,7 @@ Semantics shared by every backend (see csrc/common/attention_args.h):
   max_seqlen to the token count; values beyond int64 are rejected;
 - float64 runs on the torch backend in float64 (lse too), so torch.autograd.gradcheck applies.
 """
+import functools
 import math
 from typing import List, Optional, Tuple
 
@@ -107,7 +108,7 @@ def _lse_dtype(q: Tensor) -> torch.dtype:
     return torch.promote_types(q.dtype, torch.float32)  # fp32; fp64 on the torch backend for fp64 inputs
 
 
-def _fwd_torch(q, k, v, bias, cu_q, cu_k, scale, causal, window):
+def _fwd_torch(q, k, v, bias, cu_q, cu_k, max_q, max_k, scale, causal, window):  # (no use for the maxima)
     if cu_q is None:
         return _attention_ref_lse(q, k, v, causal, scale, window, bias)
     outs, lses = [torch.zeros_like(q[:0])], [q.new_empty((q.shape[1], 0), dtype=_lse_dtype(q))]  # batch 0 too
@@ -155,7 +156,7 @@ def _bwd_dense(dout, q, k, v, out, lse, bias, scale, causal, window):
     return dq.transpose(1, 2).to(q.dtype), fold(dk).to(k.dtype), fold(dv).to(v.dtype)
 
 
-def _bwd_torch(dout, q, k, v, out, lse, bias, cu_q, cu_k, scale, causal, window):
+def _bwd_torch(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, causal, window, deterministic):
     if cu_q is None:
         return _bwd_dense(dout, q, k, v, out, lse, bias, scale, causal, window)
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -170,27 +171,28 @@ def _bwd_torch(dout, q, k, v, out, lse, bias, cu_q, cu_k, scale, causal, window)
     return dq, dk, dv
 
 
-def _desc(t: Tensor, varlen: bool) -> Tuple[int, int, int, int]:
-    """(tensor, batch stride, seq stride, head stride) in elements, for _native.call."""
-    if varlen:
-        return (_native.Strided(t), 0, t.stride(0), t.stride(1))
-    return (_native.Strided(t), t.stride(0), t.stride(1), t.stride(2))
+def _desc(t: Tensor, varlen: bool, out: bool = False) -> _native.Args:
+    """t as an AttnTensor (an AttnOutTensor for outputs): its address and batch / seq / head strides in elements."""
+    C = _native.require()
+    batch, seq, head = (0, t.stride(0), t.stride(1)) if varlen else (t.stride(0), t.stride(1), t.stride(2))
+    return _native.Args(C.AttnOutTensor if out else C.AttnTensor, ptr=_native.Strided(t), batch_stride=batch,
+                        seq_stride=seq, head_stride=head)
 
 
-def _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window) -> dict:
+def _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window) -> Tuple[_native.Args, Optional[Tensor]]:
     varlen = cu_q is not None
     if bias is not None:
         bias = bias.float().expand(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
-    return dict(
-        batch=(cu_q.numel() - 1) if varlen else q.shape[0],
+    bs = bias.stride() if bias is not None else (0, 0, 0, 0)
+    return _native.Args(
+        _native.require().AttnParams, batch=(cu_q.numel() - 1) if varlen else q.shape[0],
         seqlen_q=max_q if varlen else q.shape[1], seqlen_k=max_k if varlen else k.shape[1],
         heads_q=q.shape[-2], heads_k=k.shape[-2], head_dim=q.shape[-1],
         cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, total_q=q.shape[0] if varlen else 0,  # dense copies: call()
         total_k=k.shape[0] if varlen else 0,
         softmax_scale=float(scale), causal=bool(causal), window_left=window[0], window_right=window[1],
-        bias=_native.Strided(bias) if bias is not None else None,
-        bias_strides=tuple(bias.stride()) if bias is not None else (0, 0, 0, 0),
-        dtype=_native.dtype_code(q),
+        bias=_native.Strided(bias) if bias is not None else None, bias_batch_stride=bs[0], bias_head_stride=bs[1],
+        bias_q_stride=bs[2], bias_k_stride=bs[3], dtype=_native.dtype_code(q),
     ), bias  # keep the fp32 bias alive until the call returns
 
 
@@ -208,13 +210,13 @@ def _fwd_native(q, k, v, bias, cu_q, cu_k, max_q, max_k, scale, causal, window, 
     if cuda_varlen:
         lse.fill_(float("-inf"))
     params, _bias = _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window)
-    args = dict(q=_desc(q, varlen), k=_desc(k, varlen), v=_desc(v, varlen), out=_desc(out, varlen),
-                lse=_native.Out(lse), params=params)
+    args = _native.Args(C.AttnFwdArgs, p=params, q=_desc(q, varlen), k=_desc(k, varlen), v=_desc(v, varlen),
+                        out=_desc(out, varlen, out=True), lse=_native.Out(lse))
     if device_kind == "cpu":
-        _native.call(C.attention_fwd_cpu, **args, threads=torch.get_num_threads())
+        _native.call(C.attention_fwd_cpu, args, threads=torch.get_num_threads())
     else:
         device, stream = _native.cuda_stream(q)
-        _native.call(C.attention_fwd_cuda, **args, device=device, stream=stream)
+        _native.call(C.attention_fwd_cuda, args, device=device, stream=stream)
     return out, lse
 
 
@@ -232,16 +234,17 @@ def _bwd_native(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, 
         dk = alloc(k.shape, dtype=k.dtype, device=k.device)
         dv = alloc(v.shape, dtype=v.dtype, device=v.device)
     params, _bias = _params(q, k, bias, cu_q, cu_k, max_q, max_k, scale, causal, window)
-    args = dict(q=_desc(q, varlen), k=_desc(k, varlen), v=_desc(v, varlen), out=_desc(out, varlen),
-                dout=_desc(dout, varlen), lse=lse, dq=_desc(dq, varlen), dk=_desc(dk, varlen),
-                dv=_desc(dv, varlen), params=params, deterministic=bool(deterministic))
+    args = _native.Args(C.AttnBwdArgs, p=params, q=_desc(q, varlen), k=_desc(k, varlen), v=_desc(v, varlen),
+                        out=_desc(out, varlen), dout=_desc(dout, varlen), lse=lse, dq=_desc(dq, varlen, out=True),
+                        dk=_desc(dk, varlen, out=True), dv=_desc(dv, varlen, out=True),
+                        deterministic=bool(deterministic))
     if device_kind == "cpu":
-        _native.call(C.attention_bwd_cpu, **args, threads=torch.get_num_threads())
+        _native.call(C.attention_bwd_cpu, args, threads=torch.get_num_threads())
     else:
         device, stream = _native.cuda_stream(q)
-        n = _native.call(C.attention_bwd_cuda_workspace, **args, device=device)
+        n = _native.call(C.attention_bwd_cuda_workspace, args, device=device)
         ws = torch.empty(max(n, 1), dtype=torch.float32, device=q.device)
-        _native.call(C.attention_bwd_cuda, **args, workspace=_native.Out(ws), workspace_floats=n, device=device,
+        _native.call(C.attention_bwd_cuda, args, workspace=_native.Out(ws), workspace_floats=n, device=device,
                      stream=stream)
     return dq, dk, dv
 
@@ -255,23 +258,38 @@ def _no_keys(k: Tensor, cu_q: Optional[Tensor]) -> bool:
     return k.shape[0 if cu_q is not None else 1] == 0
 
 
+def _fwd_triton(q, k, v, bias, cu_q, cu_k, max_q, max_k, scale, causal, window):
+    from tforge.triton import attention as tattn
+    if bias is not None:
+        bias = bias.float().expand(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    return tattn.attention_fwd(q, k, v, softmax_scale=scale, causal=causal, window_left=window[0],
+                               window_right=window[1], bias=bias, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                               max_seqlen_q=max_q, max_seqlen_k=max_k)
+
+
+def _bwd_triton(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, causal, window, deterministic):
+    from tforge.triton import attention as tattn
+    if bias is not None:
+        bias = bias.float().expand(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    return tattn.attention_bwd(dout, q, k, v, out, lse, softmax_scale=scale, causal=causal,
+                               window_left=window[0], window_right=window[1], bias=bias, cu_seqlens_q=cu_q,
+                               cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k)
+
+
+# Each backend's forward, (q, k, v, bias, cu_q, cu_k, max_q, max_k, scale, causal, window) -> (out, lse), and
+# backward, (dout, q, k, v, out, lse, the same, deterministic) -> (dq, dk, dv).
+FORWARD = {"torch": _fwd_torch, "cpu": functools.partial(_fwd_native, device_kind="cpu"),
+           "cuda": functools.partial(_fwd_native, device_kind="cuda"), "triton": _fwd_triton}
+BACKWARD = {"torch": _bwd_torch, "cpu": functools.partial(_bwd_native, device_kind="cpu"),
+            "cuda": functools.partial(_bwd_native, device_kind="cuda"), "triton": _bwd_triton}
+
+
 def _forward(q, k, v, bias, cu_q, cu_k, max_q, max_k, scale, causal, window, backend):
     q, k, v = _inner(q), _inner(k), _inner(v)
     if _no_keys(k, cu_q):  # one answer on every backend: each row is empty (zeros, lse -inf)
         lse = torch.full(_lse_shape(q, cu_q is not None), float("-inf"), dtype=_lse_dtype(q), device=q.device)
         return torch.zeros(q.shape, dtype=q.dtype, device=q.device), lse
-    if backend == "torch":
-        return _fwd_torch(q, k, v, bias, cu_q, cu_k, scale, causal, window)
-    if backend in ("cpu", "cuda"):
-        return _fwd_native(q, k, v, bias, cu_q, cu_k, max_q, max_k, scale, causal, window, backend)
-    if backend == "triton":
-        from tforge.triton import attention as tattn
-        if bias is not None:
-            bias = bias.float().expand(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
-        return tattn.attention_fwd(q, k, v, softmax_scale=scale, causal=causal, window_left=window[0],
-                                   window_right=window[1], bias=bias, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                                   max_seqlen_q=max_q, max_seqlen_k=max_k)
-    raise ValueError(f"unknown backend {backend!r}")
+    return FORWARD[backend](q, k, v, bias, cu_q, cu_k, max_q, max_k, scale, causal, window)
 
 
 def _backward(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, causal, window, deterministic,
@@ -279,19 +297,8 @@ def _backward(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, ca
     q, k, v, out, dout = (_inner(t) for t in (q, k, v, out, dout))
     if _no_keys(k, cu_q):
         return torch.zeros(q.shape, dtype=q.dtype, device=q.device), torch.zeros_like(k), torch.zeros_like(v)
-    if backend == "torch":
-        return _bwd_torch(dout, q, k, v, out, lse, bias, cu_q, cu_k, scale, causal, window)
-    if backend in ("cpu", "cuda"):
-        return _bwd_native(dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, causal, window,
-                           deterministic, backend)
-    if backend == "triton":
-        from tforge.triton import attention as tattn
-        if bias is not None:
-            bias = bias.float().expand(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
-        return tattn.attention_bwd(dout, q, k, v, out, lse, softmax_scale=scale, causal=causal,
-                                   window_left=window[0], window_right=window[1], bias=bias, cu_seqlens_q=cu_q,
-                                   cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k)
-    raise ValueError(f"unknown backend {backend!r}")
+    return BACKWARD[backend](dout, q, k, v, out, lse, bias, cu_q, cu_k, max_q, max_k, scale, causal, window,
+                             deterministic)
 
 
 # ---------------------------------------------------------------- custom ops
@@ -349,7 +356,8 @@ _attention_op.register_autograd(_attention_autograd, setup_context=_setup_contex
 
 def _resolve(op: str, q: Tensor, backend: Optional[str]) -> str:
     d = q.shape[-1]
-    return _backend.resolve(q.device, q.dtype, backend, supports=lambda name: _head_dim_reason(name, d, q.dtype))
+    return _backend.resolve(q.device, q.dtype, backend, supports=lambda name: _head_dim_reason(name, d, q.dtype),
+                            impls=FORWARD)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, softmax_scale: Optional[float] = None,

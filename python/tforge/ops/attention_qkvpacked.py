@@ -105,6 +105,29 @@ def _(qkv, attn_bias, cu_seqlens, max_seqlen, heads_k, softmax_scale, causal, wi
     return q.new_empty(q.shape), q.new_empty(_lse_shape(q, cu_seqlens is not None), dtype=_lse_dtype(q))
 
 
+def _bwd_into_one(dout, qkv, q, k, v, out, lse, bias, cu, max_seqlen, heads_k, scale, causal, window, deterministic,
+                  backend):
+    """The native kernels write dq, dk, dv straight into the views of one gradient of qkv's layout."""
+    # As _bwd_native allocates: rows no varlen sequence covers stay zero on CUDA.
+    alloc = torch.zeros if cu is not None and backend == "cuda" else torch.empty
+    dqkv = alloc(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    _bwd_native(dout, q, k, v, out, lse, bias, cu, cu, max_seqlen, max_seqlen, scale, causal, window, deterministic,
+                backend, into=_split(dqkv, heads_k))
+    return dqkv
+
+
+def _bwd_concatenated(dout, qkv, q, k, v, out, lse, bias, cu, max_seqlen, heads_k, scale, causal, window,
+                      deterministic, backend):
+    """tforge.attention's backward for the backend, its three gradients concatenated in qkv's layout."""
+    grads = _backward(dout, q, k, v, out, lse, bias, cu, cu, max_seqlen, max_seqlen, scale, causal, window,
+                      deterministic, backend)
+    return torch.cat([g if g is not None else torch.zeros_like(t) for g, t in zip(grads, (q, k, v))], dim=-2)
+
+
+# The forward is tforge.attention's (its FORWARD table, on views of qkv); the backward per backend:
+BACKWARD = {"torch": _bwd_concatenated, "cpu": _bwd_into_one, "cuda": _bwd_into_one, "triton": _bwd_concatenated}
+
+
 @_dispatch.custom_op("tforge::attention_qkvpacked_backward")
 def _qkvpacked_backward_op(dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, attn_bias: Optional[Tensor],
                            cu_seqlens: Optional[Tensor], max_seqlen: int, heads_k: int, softmax_scale: float,
@@ -112,17 +135,9 @@ def _qkvpacked_backward_op(dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, 
                            backend: str) -> Tensor:
     qkv, out, dout = _inner(qkv), _inner(out), _inner(dout)
     q, k, v = _split(qkv, heads_k)
-    cu, window = cu_seqlens, (window_left, window_right)
-    if backend in ("cpu", "cuda") and not _no_keys(k, cu):
-        # As _bwd_native allocates: rows no varlen sequence covers stay zero on CUDA.
-        alloc = torch.zeros if cu is not None and backend == "cuda" else torch.empty
-        dqkv = alloc(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-        _bwd_native(dout, q, k, v, out, lse, attn_bias, cu, cu, max_seqlen, max_seqlen, softmax_scale, causal,
-                    window, deterministic, backend, into=_split(dqkv, heads_k))
-        return dqkv
-    grads = _backward(dout, q, k, v, out, lse, attn_bias, cu, cu, max_seqlen, max_seqlen, softmax_scale, causal,
-                      window, deterministic, backend)
-    return torch.cat([g if g is not None else torch.zeros_like(t) for g, t in zip(grads, (q, k, v))], dim=-2)
+    bwd = _bwd_concatenated if _no_keys(k, cu_seqlens) else BACKWARD[backend]  # no keys: zeros on every backend
+    return bwd(dout, qkv, q, k, v, out, lse, attn_bias, cu_seqlens, max_seqlen, heads_k, softmax_scale, causal,
+               (window_left, window_right), deterministic, backend)
 
 
 @_qkvpacked_backward_op.register_fake

@@ -11,7 +11,7 @@ forward saves per-row stats and ``tforge::cross_entropy_backward`` recomputes th
 row's incoming gradient. A row's logsumexp is kept as (max m, ls = log sum exp(x - m)) and x - lse
 formed as (x - m) - ls, which stays exact in fp32 where m + ls would round (|logits| ~ 1e4).
 
-Backends are the tables _FORWARD / _BACKWARD: torch (chunked reference math), cpu (C++, csrc/cpu),
+Backends are the tables FORWARD / BACKWARD: torch (chunked reference math), cpu (C++, csrc/cpu),
 cuda (csrc/cuda) and triton (tforge/triton/cross_entropy.py).
 """
 from __future__ import annotations
@@ -205,8 +205,8 @@ def _bwd_triton(dloss, x2, t, stats, ignore_index):
     return tce.cross_entropy_bwd(dloss.float(), x2, t, stats, int(ignore_index))
 
 
-_FORWARD = {"torch": _fwd_torch, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}
-_BACKWARD = {"torch": _bwd_torch, "cpu": _bwd_cpu, "cuda": _bwd_cuda, "triton": _bwd_triton}
+FORWARD = {"torch": _fwd_torch, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}
+BACKWARD = {"torch": _bwd_torch, "cpu": _bwd_cpu, "cuda": _bwd_cuda, "triton": _bwd_triton}
 
 
 def _check_backend(logits: Tensor, backend: str) -> None:
@@ -233,7 +233,7 @@ def _cross_entropy_op(logits: Tensor, target: Tensor, ignore_index: int, reducti
     scale = 1.0 if reduction != "mean" else 1.0 / max(count, 1)
     want_grad = need_grad and reduction != "none"
     want_stats = need_grad and reduction == "none"
-    loss, grad, stats = _FORWARD[backend](x2, t, ignore_index, scale, want_grad, want_stats)
+    loss, grad, stats = FORWARD[backend](x2, t, ignore_index, scale, want_grad, want_stats)
     if reduction == "none":
         out = loss.view(target.shape)
     else:
@@ -258,7 +258,7 @@ def _cross_entropy_backward_op(dloss: Tensor, logits: Tensor, target: Tensor, st
     """reduction="none": the logits' gradient recomputed from the saved row stats."""
     _check_backend(logits, backend)
     x2, t = _rows(logits, target)
-    return _BACKWARD[backend](dloss.reshape(-1).contiguous(), x2, t, stats, ignore_index).view(logits.shape)
+    return BACKWARD[backend](dloss.reshape(-1).contiguous(), x2, t, stats, ignore_index).view(logits.shape)
 
 
 @_cross_entropy_backward_op.register_fake
@@ -316,6 +316,6 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100, redu
     NaN losses. Differentiable in logits; the gradient has the logits' dtype.
     """
     check_args(logits, target, ignore_index, reduction)
-    name = _backend.resolve(logits.device, logits.dtype, backend)
+    name = _backend.resolve(logits.device, logits.dtype, backend, impls=FORWARD)
     need_grad = torch.is_grad_enabled() and logits.requires_grad
     return _dispatch.call(_cross_entropy_op, logits, target, int(ignore_index), reduction, need_grad, name)[0]

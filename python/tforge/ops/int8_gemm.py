@@ -58,14 +58,16 @@ def int8_linear_ref(x_q: Tensor, x_scale: Optional[Tensor], w_q: Tensor, w_scale
 # ---------------------------------------------------------------- checks
 
 def _op_reason(name: str, device: torch.device) -> Optional[str]:
-    if name in ("cpu", "cuda") and not hasattr(_native.require(), f"int8_gemm_{name}"):
+    entry = {"cpu": "int8_gemm_cpu", "cuda": "int8_gemm_cuda"}.get(name)
+    if entry is not None and not hasattr(_native.require(), entry):
         return f"backend {name!r} has no int8 kernels in this build of tforge._C"
     return None
 
 
-def _resolve(t: Tensor, backend: Optional[str], dtype: Optional[torch.dtype] = None) -> str:
+def _resolve(t: Tensor, backend: Optional[str], impls: dict, dtype: Optional[torch.dtype] = None) -> str:
     # int8 inputs: availability is checked against the float dtype the op works with
-    return _backend.resolve(t.device, dtype or torch.float32, backend, supports=lambda n: _op_reason(n, t.device))
+    return _backend.resolve(t.device, dtype or torch.float32, backend, supports=lambda n: _op_reason(n, t.device),
+                            impls=impls)
 
 
 def _check_int8(op: str, name: str, t: Tensor, dims: int = 2) -> None:
@@ -94,33 +96,100 @@ def _rows(t: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- backends
 
-def _gemm_native(kind, a, b, out, c_i32, a_scale, b_scale, bias):
-    C = _native.require()
+def _gemm_args(a, b, out, c_i32, a_scale, b_scale, bias):
     m, k = a.shape
-    kwargs = dict(a=_native.Strided(a), a_stride=a.stride(0) if m > 0 else k, b=_native.Strided(b),
-                  b_stride=b.stride(0) if b.shape[0] > 0 else k, M=m, N=b.shape[0], K=k,
-                  c_i32=_native.Out(c_i32), c=_native.Out(out),
-                  out_dtype=_native.DTYPE_CODES[out.dtype] if out is not None else 0,
-                  a_scale=a_scale, b_scale=b_scale, bias=bias)
-    if kind == "cpu":
-        _native.call(C.int8_gemm_cpu, **kwargs, threads=torch.get_num_threads())
-    else:
-        device, stream = _native.cuda_stream(a)
-        _native.call(C.int8_gemm_cuda, **kwargs, device=device, stream=stream)
+    return _native.Args(_native.require().Int8GemmArgs, a=_native.Strided(a), a_stride=a.stride(0) if m > 0 else k,
+                        b=_native.Strided(b), b_stride=b.stride(0) if b.shape[0] > 0 else k, M=m, N=b.shape[0], K=k,
+                        c_i32=_native.Out(c_i32), c=_native.Out(out),
+                        out_dtype=_native.DTYPE_CODES[out.dtype] if out is not None else 0,
+                        a_scale=a_scale, b_scale=b_scale, bias=bias)
 
 
-def _quantize_native(kind, x2, col_scale=None):
-    C = _native.require()
+def _gemm_cpu(a, b, out, c_i32, a_scale, b_scale, bias):
+    _native.call(_native.require().int8_gemm_cpu, _gemm_args(a, b, out, c_i32, a_scale, b_scale, bias),
+                 threads=torch.get_num_threads())
+
+
+def _gemm_cuda(a, b, out, c_i32, a_scale, b_scale, bias):
+    device, stream = _native.cuda_stream(a)
+    _native.call(_native.require().int8_gemm_cuda, _gemm_args(a, b, out, c_i32, a_scale, b_scale, bias),
+                 device=device, stream=stream)
+
+
+def _quantize_args(x2, col_scale):
+    """The outputs (q, scale), allocated, and the QuantizeRowsArgs that fill them."""
     q = torch.empty(x2.shape, dtype=torch.int8, device=x2.device)
     scale = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
-    kwargs = dict(x=_native.Strided(x2), x_stride=_native.row_stride(x2), rows=x2.shape[0], cols=x2.shape[1],
-                  dtype=_native.dtype_code(x2), q=_native.Out(q), scale=_native.Out(scale))
-    if kind == "cpu":
-        _native.call(C.quantize_rows_cpu, **kwargs, threads=torch.get_num_threads(), col_scale=col_scale)
-    else:
-        device, stream = _native.cuda_stream(x2)
-        _native.call(C.quantize_rows_cuda, **kwargs, device=device, stream=stream)
-    return q, scale
+    args = _native.Args(_native.require().QuantizeRowsArgs, x=_native.Strided(x2), x_stride=_native.row_stride(x2),
+                        rows=x2.shape[0], cols=x2.shape[1], dtype=_native.dtype_code(x2), q=_native.Out(q),
+                        scale=_native.Out(scale), col_scale=col_scale)
+    return (q, scale), args
+
+
+def _quantize_cpu(x2, col_scale):
+    outs, args = _quantize_args(x2, col_scale)
+    _native.call(_native.require().quantize_rows_cpu, args, threads=torch.get_num_threads())
+    return outs
+
+
+def _unfused(x2, col_scale):
+    """x2 * col_scale, for the kernels that do not fuse the column scale (CUDA, Triton)."""
+    return x2 if col_scale is None else x2.float() * col_scale
+
+
+def _quantize_cuda(x2, col_scale):
+    outs, args = _quantize_args(_unfused(x2, col_scale), None)
+    device, stream = _native.cuda_stream(x2)
+    _native.call(_native.require().quantize_rows_cuda, args, device=device, stream=stream)
+    return outs
+
+
+def _quantize_triton(x2, col_scale):
+    from tforge.triton import int8 as tint8
+    return tint8.quantize_rows(_unfused(x2, col_scale))
+
+
+def _matmul_cpu(a, b):
+    c = torch.empty(a.shape[0], b.shape[0], dtype=torch.int32, device=a.device)
+    _gemm_cpu(a, b, None, c, None, None, None)
+    return c
+
+
+def _matmul_cuda(a, b):
+    c = torch.empty(a.shape[0], b.shape[0], dtype=torch.int32, device=a.device)
+    _gemm_cuda(a, b, None, c, None, None, None)
+    return c
+
+
+def _matmul_triton(a, b):
+    from tforge.triton import int8 as tint8
+    return tint8.int8_matmul(a, b)
+
+
+def _linear_cpu(a, a_scale, w, w_scale, bias32, out_dtype):
+    out = torch.empty(a.shape[0], w.shape[0], dtype=out_dtype, device=a.device)
+    _gemm_cpu(a, w, out, None, a_scale, w_scale, bias32)
+    return out
+
+
+def _linear_cuda(a, a_scale, w, w_scale, bias32, out_dtype):
+    out = torch.empty(a.shape[0], w.shape[0], dtype=out_dtype, device=a.device)
+    _gemm_cuda(a, w, out, None, a_scale, w_scale, bias32)
+    return out
+
+
+def _linear_triton(a, a_scale, w, w_scale, bias32, out_dtype):
+    from tforge.triton import int8 as tint8
+    return tint8.int8_linear(a, a_scale, w, w_scale, bias32, out_dtype)
+
+
+# Each op on each backend. quantize_rows: (x2 (rows, K) float, col_scale fp32 (K,) or None) -> (q, scale);
+# int8_matmul: (a (M, K), b (N, K)) -> int32 (M, N); int8_linear: (a, a_scale, w, w_scale, bias fp32,
+# out_dtype) -> (M, N) out_dtype.
+QUANTIZE_ROWS = {"torch": quantize_per_token_ref, "cpu": _quantize_cpu, "cuda": _quantize_cuda,
+                 "triton": _quantize_triton}
+INT8_MATMUL = {"torch": int8_matmul_ref, "cpu": _matmul_cpu, "cuda": _matmul_cuda, "triton": _matmul_triton}
+INT8_LINEAR = {"torch": int8_linear_ref, "cpu": _linear_cpu, "cuda": _linear_cuda, "triton": _linear_triton}
 
 
 # ---------------------------------------------------------------- custom ops
@@ -129,17 +198,7 @@ def _quantize_native(kind, x2, col_scale=None):
 def _quantize_rows_op(x: Tensor, col_scale: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
     x2 = _native.as_rows(x, x.shape[-1])
     cs = col_scale.float().contiguous() if col_scale is not None else None
-    if cs is not None and backend in ("cuda", "triton"):  # only the C++ kernels fuse the column scale
-        x2, cs = x2.float() * cs, None
-    if backend == "torch":
-        q, scale = quantize_per_token_ref(x2, cs)
-    elif backend in ("cpu", "cuda"):
-        q, scale = _quantize_native(backend, x2, cs)
-    elif backend == "triton":
-        from tforge.triton import int8 as tint8
-        q, scale = tint8.quantize_rows(x2)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
+    q, scale = QUANTIZE_ROWS[backend](x2, cs)
     return q.view(x.shape), scale.view(x.shape[:-1])
 
 
@@ -150,17 +209,7 @@ def _(x, col_scale, backend):
 
 @_dispatch.custom_op("tforge::int8_matmul")
 def _int8_matmul_op(a: Tensor, b: Tensor, backend: str) -> Tensor:
-    a, b = _rows(a), _rows(b)
-    if backend == "torch":
-        return int8_matmul_ref(a, b)
-    if backend in ("cpu", "cuda"):
-        c = torch.empty(a.shape[0], b.shape[0], dtype=torch.int32, device=a.device)
-        _gemm_native(backend, a, b, None, c, None, None, None)
-        return c
-    if backend == "triton":
-        from tforge.triton import int8 as tint8
-        return tint8.int8_matmul(a, b)
-    raise ValueError(f"unknown backend {backend!r}")
+    return INT8_MATMUL[backend](_rows(a), _rows(b))
 
 
 @_int8_matmul_op.register_fake
@@ -176,16 +225,7 @@ def _int8_linear_op(x_q: Tensor, x_scale: Optional[Tensor], w_q: Tensor, w_scale
     a_scale = x_scale.reshape(-1).float().contiguous() if x_scale is not None else None
     b_scale = w_scale.float().contiguous()
     bias32 = bias.float().contiguous() if bias is not None else None
-    if backend == "torch":
-        out = int8_linear_ref(a, a_scale, w, b_scale, bias32, out_dtype)
-    elif backend in ("cpu", "cuda"):
-        out = torch.empty(a.shape[0], w.shape[0], dtype=out_dtype, device=a.device)
-        _gemm_native(backend, a, w, out, None, a_scale, b_scale, bias32)
-    elif backend == "triton":
-        from tforge.triton import int8 as tint8
-        out = tint8.int8_linear(a, a_scale, w, b_scale, bias32, out_dtype)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
+    out = INT8_LINEAR[backend](a, a_scale, w, b_scale, bias32, out_dtype)
     return out.reshape(*x_q.shape[:-1], w.shape[0])
 
 
@@ -214,7 +254,7 @@ def quantize_per_token(x: Tensor, *, col_scale: Optional[Tensor] = None,
     if col_scale is not None and (tuple(col_scale.shape) != (x.shape[-1],) or col_scale.device != x.device):
         raise ValueError(f"quantize_per_token: col_scale must have shape ({x.shape[-1]},) on {x.device}, got "
                          f"{tuple(col_scale.shape)} on {col_scale.device}")
-    return _dispatch.call(_quantize_rows_op, x, col_scale, _resolve(x, backend, x.dtype))
+    return _dispatch.call(_quantize_rows_op, x, col_scale, _resolve(x, backend, QUANTIZE_ROWS, x.dtype))
 
 
 def quantize_per_channel(w: Tensor, *, backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
@@ -228,7 +268,7 @@ def quantize_per_channel(w: Tensor, *, backend: Optional[str] = None) -> Tuple[T
 def int8_matmul(a_int8: Tensor, b_int8: Tensor, *, backend: Optional[str] = None) -> Tensor:
     """Exact int32 a @ b.T for a (M, K) and b (N, K) int8 (b in nn.Linear's weight layout)."""
     _check_gemm("int8_matmul", a_int8, b_int8)
-    return _dispatch.call(_int8_matmul_op, a_int8, b_int8, _resolve(a_int8, backend))
+    return _dispatch.call(_int8_matmul_op, a_int8, b_int8, _resolve(a_int8, backend, INT8_MATMUL))
 
 
 def int8_linear(x_int8: Tensor, x_scale: Optional[Tensor], w_int8: Tensor, w_scale: Tensor,
@@ -258,4 +298,4 @@ def int8_linear(x_int8: Tensor, x_scale: Optional[Tensor], w_int8: Tensor, w_sca
     if out_dtype not in _OUT_DTYPES:
         raise ValueError(f"{op}: out_dtype must be one of float32, bfloat16, float16, got {out_dtype}")
     return _dispatch.call(_int8_linear_op, x_int8, x_scale, w_int8, w_scale, bias, out_dtype,
-                          _resolve(x_int8, backend, out_dtype))
+                          _resolve(x_int8, backend, INT8_LINEAR, out_dtype))

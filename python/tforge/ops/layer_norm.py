@@ -86,7 +86,7 @@ def layer_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor
     """
     weight, bias = _norm.prepare_params(x, weight, bias)
     _norm.check_args("layer_norm", x, None, weight, bias, eps)
-    name = _backend.resolve(x.device, x.dtype, backend)
+    name = _backend.resolve(x.device, x.dtype, backend, impls=_norm.FORWARD)
     return _dispatch.call(_layer_norm_op, x, weight, bias, float(eps), name)[0]
 
 
@@ -101,6 +101,6 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None,
     _norm.check_residual("add_layer_norm", residual)  # (x, None) would silently drop the add
     weight, bias = _norm.prepare_params(x, weight, bias)
     _norm.check_args("add_layer_norm", x, residual, weight, bias, eps)
-    name = _backend.resolve(x.device, x.dtype, backend)
+    name = _backend.resolve(x.device, x.dtype, backend, impls=_norm.FORWARD)
     y, res_out, _, _ = _dispatch.call(_add_layer_norm_op, x, residual, weight, bias, float(eps), name)
     return y, res_out

@@ -75,7 +75,7 @@ def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: float = 1e-6, *,
     """
     (weight,) = _norm.prepare_params(x, weight)
     _norm.check_args("rms_norm", x, None, weight, None, eps)
-    name = _backend.resolve(x.device, x.dtype, backend)
+    name = _backend.resolve(x.device, x.dtype, backend, impls=_norm.FORWARD)
     return _dispatch.call(_rms_norm_op, x, weight, float(eps), name)[0]
 
 
@@ -86,6 +86,6 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None, e
     _norm.check_residual("add_rms_norm", residual)  # (x, None) would silently drop the add
     (weight,) = _norm.prepare_params(x, weight)
     _norm.check_args("add_rms_norm", x, residual, weight, None, eps)
-    name = _backend.resolve(x.device, x.dtype, backend)
+    name = _backend.resolve(x.device, x.dtype, backend, impls=_norm.FORWARD)
     y, res_out, _, _ = _dispatch.call(_add_rms_norm_op, x, residual, weight, float(eps), name)
     return y, res_out

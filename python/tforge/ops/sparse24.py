@@ -1,5 +1,5 @@
-"""2:4 (and general n:m) structured sparsity: pruning scores, n:m and unstructured masks, the packed 2:4
-weight format, and the sparse linear y = x @ W^T + bias that reads only the kept weights.
+"""2:4 structured sparsity: the packed 2:4 weight format, and the sparse linear y = x @ W^T + bias that
+reads only the kept weights. The masks that choose the weights to keep are in tforge.ops.nm_mask.
 
 Packed format (also in csrc/common/sparse24_args.h): a weight W (N, K) in nn.Linear's layout
 with K % 4 == 0 and at most 2 non-zeros in each group of 4 consecutive columns becomes
@@ -9,14 +9,13 @@ with K % 4 == 0 and at most 2 non-zeros in each group of 4 consecutive columns b
          nibble = i0 | i1 << 2 with i0 < i1 the in-group positions of the two values. Groups with fewer
          than 2 non-zeros fill the spare slots with the lowest unused positions (value 0).
 Weight-only int8 2:4: values int8, scale (N,) fp32, y = (x @ Wq^T) * scale + bias.
-References: ``nm_mask_ref`` (sort-based), ``sparse24_ref`` (unpack, dense matmul in fp32, cast back).
-Custom ops: ``tforge::nm_mask`` and ``tforge::sparse24_linear`` (autograd for x and bias; the packed
-weight is a constant: train through tforge.nn.SparseLinear's dense-weight-with-mask form instead).
+Reference: ``sparse24_ref`` (unpack, dense matmul in fp32, cast back). Custom op: ``tforge::sparse24_linear``
+(autograd for x and bias; the packed weight is a constant: train through tforge.nn.SparseLinear's
+dense-weight-with-mask form instead).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -24,11 +23,12 @@ from torch import Tensor
 
 from tforge import _backend, _native
 from tforge.ops import _dispatch
+# The masks that choose the kept weights, also reachable here (their home before ops/nm_mask.py).
+from tforge.ops.nm_mask import nm_mask, nm_mask_ref, prune_scores, unstructured_mask  # noqa: F401
 
 INT8_CODE = 3  # values dtype code for int8 weights (beside _native.DTYPE_CODES' 0..2)
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _VALUE_DTYPES = _FLOAT_DTYPES + (torch.int8,)
-_MAX_M = 16  # the native mask kernels take 1 <= n <= m <= 16
 
 
 # ---------------------------------------------------------------- the packed weight
@@ -111,74 +111,6 @@ def _check_packed(op: str, packed) -> Tuple[int, int]:
 
 
 # ---------------------------------------------------------------- scores and masks (references)
-
-def prune_scores(weight: Tensor, method: str = "magnitude", act_norm: Optional[Tensor] = None) -> Tensor:
-    """Importance of each weight, fp32, shaped like `weight` (out, in): |W| ("magnitude") or
-    |W| * act_norm[None, :] ("wanda", act_norm = per-input-channel L2 norm of the layer's input)."""
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not (weight.is_floating_point()
-                                                                         or weight.dtype == torch.int8):
-        raise ValueError(f"prune_scores: weight must be a 2-D (out_features, in_features) float tensor, got "
-                         f"{getattr(weight, 'dtype', type(weight).__name__)} {tuple(getattr(weight, 'shape', ()))}")
-    scores = weight.detach().float().abs()
-    if method == "magnitude":
-        if act_norm is not None:
-            raise ValueError("prune_scores: act_norm is only used by method='wanda'")
-        return scores
-    if method != "wanda":
-        raise ValueError(f"prune_scores: method must be 'magnitude' or 'wanda', got {method!r}")
-    if act_norm is None:
-        raise ValueError("prune_scores: method='wanda' needs act_norm (the input's per-channel L2 norms)")
-    if not isinstance(act_norm, torch.Tensor) or tuple(act_norm.shape) != (weight.shape[1],):
-        raise ValueError(f"prune_scores: act_norm must have shape ({weight.shape[1]},) (one per input channel), "
-                         f"got {tuple(getattr(act_norm, 'shape', ()))}")
-    return scores * act_norm.detach().float().to(scores.device)[None, :]
-
-
-def _check_nm(op: str, n: int, m: int) -> None:
-    if isinstance(n, bool) or isinstance(m, bool) or not isinstance(n, int) or not isinstance(m, int) \
-            or not 1 <= n <= m <= _MAX_M:
-        raise ValueError(f"{op}: need integers 1 <= n <= m <= {_MAX_M}, got n={n!r}, m={m!r}")
-
-
-def _check_scores(op: str, scores: Tensor) -> None:
-    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
-        raise ValueError(f"{op}: scores must be a floating-point tensor, got "
-                         f"{getattr(scores, 'dtype', type(scores).__name__)}")
-    if scores.dim() == 0:
-        raise ValueError(f"{op}: scores must have at least one dimension (the input dimension), got a scalar")
-    # A data-dependent check: skipped while tracing (torch.compile), where it would break the graph.
-    if not torch.compiler.is_compiling() and scores.numel() and bool(torch.isnan(scores).any()):
-        first = torch.isnan(scores.reshape(-1, scores.shape[-1])).nonzero()[0].tolist()
-        raise ValueError(f"{op}: scores contain NaN (first at row {first[0]}, column {first[1]}); "
-                         "a NaN score has no rank")
-
-
-def nm_mask_ref(scores: Tensor, n: int = 2, m: int = 4) -> Tensor:
-    """Sort-based reference: in every group of m consecutive entries of the last dim keep the n largest;
-    equal scores keep the lower index (a stable descending sort keeps their order)."""
-    k = scores.shape[-1]
-    groups = scores.reshape(*scores.shape[:-1], k // m, m)  # (not -1: ambiguous when K = 0)
-    order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
-    mask = torch.zeros(groups.shape, dtype=torch.bool, device=scores.device)
-    mask.scatter_(-1, order[..., :n], True)
-    return mask.reshape(scores.shape)
-
-
-def unstructured_mask(scores: Tensor, sparsity: float, per_row: bool = True) -> Tensor:
-    """Keep the largest scores, pruning exactly floor(sparsity * count) entries per row of the last dim
-    (per_row=True, as Wanda compares weights of one output) or over the whole tensor. Ties keep the
-    lower (flattened) index."""
-    _check_scores("unstructured_mask", scores)
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"unstructured_mask: sparsity must be a number in [0, 1), got {sparsity!r}")
-    flat = scores.reshape(math.prod(scores.shape[:-1]), scores.shape[-1]) if per_row else scores.reshape(1, -1)
-    count = flat.shape[1]
-    prune = math.floor(sparsity * count + 1e-9)  # 1e-9: 0.3 * 10 is 2.9999999999999996 in binary
-    order = torch.sort(flat, dim=-1, descending=True, stable=True).indices
-    mask = torch.zeros(flat.shape, dtype=torch.bool, device=scores.device)
-    mask.scatter_(-1, order[:, : count - prune], True)
-    return mask.reshape(scores.shape)
-
 
 # ---------------------------------------------------------------- pack / unpack
 
@@ -280,97 +212,79 @@ def sparse24_ref(x: Tensor, packed: Sparse24Weight, bias: Optional[Tensor] = Non
     return acc.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
-# ---------------------------------------------------------------- backend checks
+# ---------------------------------------------------------------- backends
 
 def _linear_reason(name: str, device: torch.device, values_dtype: torch.dtype) -> Optional[str]:
-    if name in ("cpu", "cuda"):
-        if not hasattr(_native.require(), f"sparse24_linear_{name}"):
-            return f"backend {name!r} has no 2:4 sparse kernels in this build of tforge._C"
+    entry = {"cpu": "sparse24_linear_cpu", "cuda": "sparse24_linear_cuda"}.get(name)
+    if entry is not None and not hasattr(_native.require(), entry):
+        return f"backend {name!r} has no 2:4 sparse kernels in this build of tforge._C"
     if name == "cuda" and values_dtype in (torch.float32, torch.int8):
         return f"backend 'cuda' runs 2:4 sparse GEMMs on bfloat16/float16 values (mma.sp), got {values_dtype}"
     return None
-
-
-def _mask_reason(name: str) -> Optional[str]:
-    if name in ("cpu", "cuda") and not hasattr(_native.require(), f"nm_mask_{name}"):
-        return f"backend {name!r} has no n:m mask kernel in this build of tforge._C"
-    return None
-
-
-def _resolve_linear(x: Tensor, values_dtype: torch.dtype, backend: Optional[str]) -> str:
-    return _backend.resolve(x.device, x.dtype, backend, supports=lambda n: _linear_reason(n, x.device, values_dtype))
 
 
 def _values_code(values: Tensor) -> int:
     return INT8_CODE if values.dtype == torch.int8 else _native.DTYPE_CODES[values.dtype]
 
 
-# ---------------------------------------------------------------- custom ops
-
-@_dispatch.custom_op("tforge::nm_mask")
-def _nm_mask_op(scores: Tensor, n: int, m: int, backend: str) -> Tensor:
-    k = scores.shape[-1]
-    s2 = _native.as_rows(scores, k)
-    mask = torch.empty(s2.shape, dtype=torch.bool, device=scores.device)
-    if s2.numel() == 0:  # no rows, or K = 0: nothing to choose
-        return mask.reshape(scores.shape)
-    if backend == "torch":
-        return nm_mask_ref(s2, n, m).reshape(scores.shape)
-    if backend in ("cpu", "cuda"):
-        C = _native.require()
-        args = (_native.Strided(s2), _native.row_stride(s2), *s2.shape, _native.dtype_code(s2), n, m, _native.Out(mask))
-        if backend == "cpu":
-            _native.call(C.nm_mask_cpu, *args, torch.get_num_threads())
-        else:
-            _native.call(C.nm_mask_cuda, *args, *_native.cuda_stream(s2))
-    elif backend == "triton":
-        from tforge.triton import sparse24 as tsp
-        tsp.nm_mask(s2, n, m, mask)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return mask.reshape(scores.shape)
-
-
-@_nm_mask_op.register_fake
-def _(scores, n, m, backend):
-    return scores.new_empty(scores.shape, dtype=torch.bool)
-
-
-def _linear_native(kind: str, x2: Tensor, values: Tensor, meta: Tensor, scale: Optional[Tensor],
-                   bias32: Optional[Tensor], y: Tensor) -> None:
-    C = _native.require()
+def _linear_args(x2, values, meta, scale, bias32):
+    """The output y (M, N), allocated, and the Sparse24LinearArgs that fill it."""
     (m, k), n = x2.shape, values.shape[0]
-    args = (_native.Strided(x2), _native.row_stride(x2), values, meta, m, n, k, _native.dtype_code(x2),
-            _values_code(values), _native.Strided(y), y.stride(0) if m > 0 else n, bias32, scale)
-    if kind == "cpu":
-        _native.call(C.sparse24_linear_cpu, *args, torch.get_num_threads())
-    else:
-        device, stream = _native.cuda_stream(x2)
-        n_ws = _native.call(C.sparse24_linear_cuda_workspace, *args, device)  # split-K partials, from torch
-        _native.call(C.sparse24_linear_cuda, *args, _native.Out(x2.new_empty(max(n_ws, 1), dtype=torch.uint8)),
-                     n_ws, device, stream)
+    y = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    return y, _native.Args(_native.require().Sparse24LinearArgs, x=_native.Strided(x2), x_stride=_native.row_stride(x2),
+                           values=values, meta=meta, M=m, N=n, K=k, dtype=_native.dtype_code(x2),
+                           values_dtype=_values_code(values), y=_native.Out(y), y_stride=n, bias=bias32, scale=scale)
 
+
+def _linear_torch(x2, values, meta, scale, bias32):
+    return sparse24_ref(x2, Sparse24Weight(values, meta, (values.shape[0], 2 * values.shape[1]), scale), bias32)
+
+
+def _linear_cpu(x2, values, meta, scale, bias32):
+    y, args = _linear_args(x2, values, meta, scale, bias32)
+    _native.call(_native.require().sparse24_linear_cpu, args, threads=torch.get_num_threads())
+    return y
+
+
+def _linear_cuda(x2, values, meta, scale, bias32):
+    C = _native.require()
+    y, args = _linear_args(x2, values, meta, scale, bias32)
+    device, stream = _native.cuda_stream(x2)
+    n_ws = _native.call(C.sparse24_linear_cuda_workspace, args, device=device)  # split-K partials, from torch
+    _native.call(C.sparse24_linear_cuda, args, workspace=_native.Out(x2.new_empty(max(n_ws, 1), dtype=torch.uint8)),
+                 workspace_bytes=n_ws, device=device, stream=stream)
+    return y
+
+
+def _linear_triton(x2, values, meta, scale, bias32):
+    from tforge.triton import sparse24 as tsp
+    y = torch.empty(x2.shape[0], values.shape[0], dtype=x2.dtype, device=x2.device)
+    tsp.sparse24_linear(x2, values, meta, scale, bias32, y)
+    return y
+
+
+# sparse24_linear on each backend: (x2 (M, K), values, meta, scale fp32 or None, bias fp32 or None) -> y (M, N),
+# x2's dtype; M > 0 and N > 0.
+SPARSE24_LINEAR = {"torch": _linear_torch, "cpu": _linear_cpu, "cuda": _linear_cuda, "triton": _linear_triton}
+
+
+def _resolve_linear(x: Tensor, values_dtype: torch.dtype, backend: Optional[str]) -> str:
+    return _backend.resolve(x.device, x.dtype, backend, supports=lambda n: _linear_reason(n, x.device, values_dtype),
+                            impls=SPARSE24_LINEAR)
+
+
+# ---------------------------------------------------------------- custom op
 
 @_dispatch.custom_op("tforge::sparse24_linear")
 def _sparse24_linear_op(x: Tensor, values: Tensor, meta: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],
                         backend: str) -> Tensor:
     n, k = values.shape[0], 2 * values.shape[1]
     x2 = _native.as_rows(x, k)
-    values, meta = values.contiguous(), meta.contiguous()
+    if x2.shape[0] == 0 or n == 0:
+        return x.new_empty((*x.shape[:-1], n))
     scale = scale.float().contiguous() if scale is not None else None
     bias32 = bias.float().contiguous() if bias is not None else None
-    if backend == "torch":
-        y = sparse24_ref(x2, Sparse24Weight(values, meta, (n, k), scale), bias32)
-    elif backend in ("cpu", "cuda", "triton"):
-        y = torch.empty(x2.shape[0], n, dtype=x.dtype, device=x.device)
-        if x2.shape[0] > 0 and n > 0:
-            if backend == "triton":
-                from tforge.triton import sparse24 as tsp
-                tsp.sparse24_linear(x2, values, meta, scale, bias32, y)
-            else:
-                _linear_native(backend, x2, values, meta, scale, bias32, y)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
+    y = SPARSE24_LINEAR[backend](x2, values.contiguous(), meta.contiguous(), scale, bias32)
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -404,19 +318,6 @@ _sparse24_linear_op.register_autograd(_linear_backward, setup_context=_linear_se
 
 
 # ---------------------------------------------------------------- public API
-
-def nm_mask(scores: Tensor, n: int = 2, m: int = 4, *, backend: Optional[str] = None) -> Tensor:
-    """Bool mask shaped like `scores` (last dim = the input dim) keeping, in every group of m consecutive
-    entries, the n largest scores; among equal scores the lower index is kept. NaN scores are rejected."""
-    _check_nm("nm_mask", n, m)
-    _check_scores("nm_mask", scores)
-    k = scores.shape[-1]
-    if k % m != 0:
-        raise ValueError(f"nm_mask: the last dimension of scores ({k}, the input features) is not a multiple of "
-                         f"m = {m}; n:m sparsity needs whole groups of {m}")
-    name = _backend.resolve(scores.device, scores.dtype, backend, supports=_mask_reason)
-    return _dispatch.call(_nm_mask_op, scores, n, m, name)
-
 
 def sparse24_linear(x: Tensor, packed: Sparse24Weight, bias: Optional[Tensor] = None, *,
                     backend: Optional[str] = None) -> Tensor:
