@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import tforge
-from tforge import _backend
+from tforge import _backend, testing
 from tforge.bench import harness, machine, report
 from tforge.ops.attention import _head_dim_reason, attention_ref
 
@@ -99,7 +99,7 @@ def run(args) -> list[dict]:
     for (b, s, h, d) in shapes:
         for dtype in dtypes:
             # Triton on a CPU is its slow interpreter: only when asked for.
-            default = ["cpu", "cuda", "triton"] if device.type == "cuda" else ["cpu"]
+            default = [n for n in testing.backend_names(device.type) if n != "torch"]
             backends = [n for n in (args.backends or default)
                         if (_backend.why_unavailable(n, device, dtype) or _head_dim_reason(n, d, dtype)) is None]
             q, k, v = (torch.randn(b, s, h, d, device=device, dtype=dtype) for _ in range(3))
@@ -177,7 +177,7 @@ def goals(records: Sequence[dict]) -> list[dict]:
         if rs:
             out.append(dict(what=f"CPU fp32 (4,1024,8,64) {direction} >= 1.0x SDPA", met=rs[0]["ratio"] >= 1.0,
                             detail=f"{rs[0]['ratio']:.2f}x"))
-    gpu = [r for r in records if r["backend"] in ("cuda", "triton") and r["direction"] == "fwd"
+    gpu = [r for r in records if r["backend"] in testing.backend_names("cuda") and r["backend"] != "torch" and r["direction"] == "fwd"
            and r["dtype"] == "bfloat16" and r["shape"][3] == 128]
     if gpu:
         best = max(gpu, key=lambda r: r["tflops"])
