@@ -23,6 +23,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.h"
 #include "common/dtype.h"
+#include "cuda/elementwise.cuh"
 #include "cuda/ptx.cuh"
 
 namespace tforge::cuda {
@@ -34,25 +35,6 @@ constexpr int kMaxRowThreads = 512;       // widest block (one row)
 constexpr int64_t kMaxCols = int64_t(1) << 30;  // in-row indices stay int
 constexpr unsigned kMaxGrid = 1u << 20;   // programs, at most (grid-stride beyond)
 constexpr float kLog2e = 1.4426950408889634f;
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-
-template <class T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-
-// VEC contiguous elements, loaded and stored as one access (16 bytes when VEC > 1).
-template <class T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
 
 // e^x through ex2.approx (2 ulp on the scaled argument); -inf -> 0, NaN stays NaN.
 __device__ __forceinline__ float fexp(float x) { return ptx::ex2_approx_ftz(x * kLog2e); }

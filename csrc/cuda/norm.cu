@@ -38,6 +38,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.h"
 #include "common/dtype.h"
+#include "cuda/elementwise.cuh"
 #include "cuda/ptx.cuh"
 
 namespace tforge::cuda {
@@ -57,35 +58,8 @@ constexpr int64_t kMaxPartials = 1024;           // P, at most
 __host__ __device__ constexpr int tile_vecs(int vec) { return vec > 1 ? 4 : 8; }
 
 // ---------------------------------------------------------------------------
-// Element access
+// Element access (to_f, from_f, Pack, ld, st: cuda/elementwise.cuh)
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-
-template <class T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-
-// VEC contiguous elements, loaded and stored as one access (16 bytes when VEC > 1).
-template <class T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
-
-template <class T, int VEC>
-__device__ __forceinline__ Pack<T, VEC> ld(const T* p) {
-  return *reinterpret_cast<const Pack<T, VEC>*>(p);
-}
-template <class T, int VEC>
-__device__ __forceinline__ void st(T* p, const Pack<T, VEC>& v) {
-  *reinterpret_cast<Pack<T, VEC>*>(p) = v;
-}
 // Rounds VEC floats to T (round to nearest even), two at a time for 16-bit types.
 template <class T, int VEC>
 __device__ __forceinline__ Pack<T, VEC> pack_of(const float (&f)[VEC]) {
