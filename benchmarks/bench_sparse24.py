@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from tforge import _backend, testing
 from tforge.bench import harness, machine, report
-from tforge.ops.nm_mask import nm_mask
+from tforge.ops._sparse24_masks import nm_mask
 from tforge.ops.sparse24 import _linear_reason, pack_2to4, sparse24_linear, unpack_2to4
 from tforge.testing import max_error, tolerances
 

@@ -89,9 +89,10 @@ def test_use_backend_is_thread_local():
 # ---------------------------------------------------------------- backend tables
 
 def test_backend_tables_are_what_the_dispatcher_chooses_from():
-    from tforge.ops import _norm, int8_gemm, nm_mask, sparse24
+    from tforge.ops import _norm, _sparse24_masks, attention, attention_qkvpacked, cross_entropy, int8_gemm, sparse24
     tables = [_norm.FORWARD, _norm.BACKWARD, int8_gemm.QUANTIZE_ROWS, int8_gemm.INT8_MATMUL, int8_gemm.INT8_LINEAR,
-              nm_mask.NM_MASK, sparse24.SPARSE24_LINEAR]
+              _sparse24_masks.NM_MASK, sparse24.SPARSE24_LINEAR, attention.FORWARD, attention.BACKWARD,
+              attention_qkvpacked.BACKWARD, cross_entropy.FORWARD, cross_entropy.BACKWARD]
     for table in tables:  # keys are backend names tforge knows (a typo would make a backend unreachable)
         assert "torch" in table and set(table) <= set(tforge.backends()), table
     cpu, only_torch = torch.device("cpu"), {"torch": _norm.FORWARD["torch"]}

@@ -14,7 +14,7 @@ from backend_cases import backend_params
 
 from tforge import _backend
 from tforge.nn import SparseLinear
-from tforge.ops.nm_mask import _mask_reason, nm_mask, nm_mask_ref, prune_scores, unstructured_mask
+from tforge.ops._sparse24_masks import _mask_reason, nm_mask, nm_mask_ref, prune_scores, unstructured_mask
 from tforge.ops.sparse24 import Sparse24Weight, _linear_reason, pack_2to4, sparse24_linear, sparse24_ref, unpack_2to4
 from tforge.testing import assert_close, backend_names
 

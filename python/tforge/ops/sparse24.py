@@ -1,5 +1,5 @@
 """2:4 structured sparsity: the packed 2:4 weight format, and the sparse linear y = x @ W^T + bias that
-reads only the kept weights. The masks that choose the weights to keep are in tforge.ops.nm_mask.
+reads only the kept weights. The masks that choose the weights to keep are in tforge.ops._sparse24_masks.
 
 Packed format (also in csrc/common/sparse24_args.h): a weight W (N, K) in nn.Linear's layout
 with K % 4 == 0 and at most 2 non-zeros in each group of 4 consecutive columns becomes
@@ -23,8 +23,9 @@ from torch import Tensor
 
 from tforge import _backend, _native
 from tforge.ops import _dispatch
-# The masks that choose the kept weights, also reachable here (their home before ops/nm_mask.py).
-from tforge.ops.nm_mask import nm_mask, nm_mask_ref, prune_scores, unstructured_mask  # noqa: F401
+# The masks that choose the kept weights (part of the 2:4 op family: tested in test_sparse24.py, timed in
+# bench_sparse24.py), public from here.
+from tforge.ops._sparse24_masks import nm_mask, nm_mask_ref, prune_scores, unstructured_mask  # noqa: F401
 
 INT8_CODE = 3  # values dtype code for int8 weights (beside _native.DTYPE_CODES' 0..2)
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
