@@ -122,7 +122,3 @@ def positions_from_cu_seqlens(cu_seqlens: Tensor, total: int) -> Tensor:
     starts = cu_seqlens[:-1].long()
     seq_of = torch.searchsorted(cu_seqlens[1:].long(), idx, right=True)
     return idx - starts[seq_of]
-
-
-def default_positions(seqlen: int, device, offset: Optional[int] = 0) -> Tensor:
-    return torch.arange(offset, offset + seqlen, device=device)

@@ -16,6 +16,7 @@ cuda (csrc/cuda) and triton (tforge/triton/cross_entropy.py).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -157,41 +158,29 @@ def _stats_fields(stats, out: bool) -> dict:
     return dict(row_max=wrap(stats[0]), row_logsum=wrap(stats[1]))
 
 
-def _fwd_cpu(x2, t, ignore_index, scale, want_grad, want_stats):
+def _fwd_native(x2, t, ignore_index, scale, want_grad, want_stats, device_kind):
     C = _native.require()
     loss, grad, stats = _fwd_outputs(x2, want_grad, want_stats)
     args = _native_args(C, x2, t, ignore_index, loss=_native.Out(loss), grad=_native.Out(grad),
                         grad_scale=float(scale), **_stats_fields(stats, True))
-    _native.call(C.cross_entropy_fwd_cpu, args, threads=torch.get_num_threads())
+    if device_kind == "cpu":
+        _native.call(C.cross_entropy_fwd_cpu, args, threads=torch.get_num_threads())
+    else:
+        device, stream = _native.cuda_stream(x2)
+        _native.call(C.cross_entropy_fwd_cuda, args, device=device, stream=stream)
     return loss, grad, stats
 
 
-def _bwd_cpu(dloss, x2, t, stats, ignore_index):
+def _bwd_native(dloss, x2, t, stats, ignore_index, device_kind):
     C = _native.require()
     grad = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
     args = _native_args(C, x2, t, ignore_index, row_scale=dloss.float(), grad=_native.Out(grad),
                         **_stats_fields(stats, False))
-    _native.call(C.cross_entropy_bwd_cpu, args, threads=torch.get_num_threads())
-    return grad
-
-
-def _fwd_cuda(x2, t, ignore_index, scale, want_grad, want_stats):
-    C = _native.require()
-    loss, grad, stats = _fwd_outputs(x2, want_grad, want_stats)
-    args = _native_args(C, x2, t, ignore_index, loss=_native.Out(loss), grad=_native.Out(grad),
-                        grad_scale=float(scale), **_stats_fields(stats, True))
-    device, stream = _native.cuda_stream(x2)
-    _native.call(C.cross_entropy_fwd_cuda, args, device=device, stream=stream)
-    return loss, grad, stats
-
-
-def _bwd_cuda(dloss, x2, t, stats, ignore_index):
-    C = _native.require()
-    grad = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
-    args = _native_args(C, x2, t, ignore_index, row_scale=dloss.float(), grad=_native.Out(grad),
-                        **_stats_fields(stats, False))
-    device, stream = _native.cuda_stream(x2)
-    _native.call(C.cross_entropy_bwd_cuda, args, device=device, stream=stream)
+    if device_kind == "cpu":
+        _native.call(C.cross_entropy_bwd_cpu, args, threads=torch.get_num_threads())
+    else:
+        device, stream = _native.cuda_stream(x2)
+        _native.call(C.cross_entropy_bwd_cuda, args, device=device, stream=stream)
     return grad
 
 
@@ -205,8 +194,10 @@ def _bwd_triton(dloss, x2, t, stats, ignore_index):
     return tce.cross_entropy_bwd(dloss.float(), x2, t, stats, int(ignore_index))
 
 
-FORWARD = {"torch": _fwd_torch, "cpu": _fwd_cpu, "cuda": _fwd_cuda, "triton": _fwd_triton}
-BACKWARD = {"torch": _bwd_torch, "cpu": _bwd_cpu, "cuda": _bwd_cuda, "triton": _bwd_triton}
+FORWARD = {"torch": _fwd_torch, "cpu": functools.partial(_fwd_native, device_kind="cpu"),
+           "cuda": functools.partial(_fwd_native, device_kind="cuda"), "triton": _fwd_triton}
+BACKWARD = {"torch": _bwd_torch, "cpu": functools.partial(_bwd_native, device_kind="cpu"),
+            "cuda": functools.partial(_bwd_native, device_kind="cuda"), "triton": _bwd_triton}
 
 
 def _check_backend(logits: Tensor, backend: str) -> None:
