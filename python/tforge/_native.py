@@ -147,16 +147,12 @@ def _arg(a, keep: list):
             a = a.contiguous()
             keep.append(a)  # alive until the call returns
         return _pointer(a)
-    if cls is tuple:
-        return tuple(_arg(x, keep) for x in a)
-    if cls is dict:
-        return {k: _arg(v, keep) for k, v in a.items()}
     return a
 
 
 def call(fn, *args, **kwargs):
-    """fn(*args, **kwargs), a tforge._C entry, with every tensor (also inside tuples, dicts and Args
-    structs) turned into its data pointer: the one place where tensors cross into the native layer. A plain
+    """fn(*args, **kwargs), a tforge._C entry, with every tensor (also inside Args structs) turned into its
+    data pointer: the one place where tensors cross into the native layer. A plain
     tensor is read densely, so it is made contiguous first; Strided(t) goes as is (its strides are among the
     arguments); Out(t) is a dense output and must already be contiguous; None is a null pointer."""
     keep: list = []  # (list comprehensions, scalars passed as they are: this runs on every op call)
